@@ -1,0 +1,928 @@
+r"""Schedules: functions of the step count that give a hyperparameter's value.
+
+A schedule is a callable ``step -> value``. Transformations that take a
+``ScalarOrSchedule`` (a learning rate, a weight decay, ...) accept one, and so
+does Optax. Each factory here has the name, argument names, argument order and
+defaults of the Optax function it mirrors, and gives the same values.
+
+Every schedule runs on a Python ``int`` and on a traced integer array under
+``jax.jit`` or ``jax.vmap``: the step is only handled with ``jnp`` operations,
+never with Python branches on its value. Differences of steps and clipping are
+done on integers, so boundaries stay exact past :math:`2^{24}` steps and Python
+ints past the int32 range work. Only then is the step cast, explicitly, to
+JAX's default float dtype, so the schedules also run under
+``jax_numpy_dtype_promotion='strict'``. Given a Python step and Python-number
+arguments, the value is weakly typed and does not promote a bf16 update; given
+an integer array, it has the default float dtype (float64 under x64, where
+Optax returns float32 from some schedules for an int32 step).
+
+Arguments are checked when the schedule is built. Where Optax quietly turns an
+argument that makes no sense into some other schedule (a negative length, a
+zero decay rate, a warm-up of 0 steps that never reaches the peak), the factory
+raises instead; the lengths Optax documents as possibly 0 (``transition_steps``
+of :func:`polynomial_schedule`, ``warmup_steps`` of
+:func:`warmup_cosine_decay_schedule`) keep their meaning. Values that are
+traced arrays are let through unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamx.base import Schedule, is_concrete
+from adamx.checks import (
+    check_bool,
+    check_finite,
+    check_nonnegative,
+    check_positive_int,
+    check_range,
+)
+
+__all__ = [
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "exponential_decay",
+    "join_schedules",
+    "linear_onecycle_schedule",
+    "linear_schedule",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "polynomial_schedule",
+    "sgdr_schedule",
+    "warmup_constant_schedule",
+    "warmup_cosine_decay_schedule",
+]
+
+Numeric = jax.typing.ArrayLike
+
+
+# ---------------------------------------------------------------------------
+# Step arithmetic shared by the schedules.
+
+
+def _is_static_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
+        x, (bool, np.bool_)
+    )
+
+
+def _elapsed(count: Numeric, start: int, length: int | None = None) -> Any:
+    """Steps since ``start``, clipped to ``[0, length]``, in the step's own type.
+
+    Python numbers stay Python numbers so that steps beyond the int32 range
+    still work when x64 is off; integer arrays stay integer so that the
+    subtraction is exact.
+    """
+    if _is_static_number(count):
+        count = count.item() if isinstance(count, np.generic) else count
+        steps = max(count - start, 0)
+        return steps if length is None else min(steps, length)
+    steps = jnp.maximum(jnp.asarray(count) - start, 0)
+    return steps if length is None else jnp.minimum(steps, length)
+
+
+def _to_float(x: Any) -> Any:
+    """A step count as a float: a Python float, or an array of the default dtype.
+
+    An explicit cast, rather than letting ``int32 * float`` promote, keeps the
+    schedules usable under ``jax_numpy_dtype_promotion='strict'``.
+    """
+    if _is_static_number(x):
+        return float(x)
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def _half_cosine(frac: Any) -> Any:
+    r""":math:`(1 + \cos \pi x) / 2`, falling from 1 at ``x=0`` to 0 at ``x=1``."""
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def _cosine_weight(left: Any, length: int) -> Any:
+    r"""The cosine factor :math:`(1 + \cos(\pi (1 - \ell / L))) / 2` of a decay.
+
+    ``left`` = :math:`\ell` is the number of steps still to go, an integer, and
+    ``length`` = :math:`L` the decay's length. The factor is computed as
+    :math:`\sin^2(\pi \ell / 2L)`, which is exactly 0 at the end and keeps
+    full relative precision near it, where ``1 + cos`` cancels; that matters
+    once it is raised to an exponent below 1.
+    """
+    return jnp.sin((0.5 * jnp.pi / length) * _to_float(left)) ** 2
+
+
+def _linear_interpolate(start: Any, end: Any, frac: Any) -> Any:
+    return start + (end - start) * frac
+
+
+def _cosine_interpolate(start: Any, end: Any, frac: Any) -> Any:
+    return end + (start - end) * _half_cosine(frac)
+
+
+def _concrete_float(x: Any) -> float | None:
+    """``float(x)`` for a concrete scalar, ``None`` for a traced one."""
+    return float(x) if is_concrete(x) else None
+
+
+def _check_boundaries_and_scales(
+    name: str, boundaries_and_scales: Mapping[int, float] | None
+) -> tuple[list[int], list[Any]]:
+    """Sorted boundaries and their scales; refuses negative steps and scales."""
+    if boundaries_and_scales is None:
+        return [], []
+    if not isinstance(boundaries_and_scales, Mapping):
+        raise TypeError(
+            f"{name} must be a dict {{step: scale}} or None, "
+            f"got {boundaries_and_scales!r} of type "
+            f"{type(boundaries_and_scales).__name__}"
+        )
+    for boundary, scale in boundaries_and_scales.items():
+        check_positive_int(f"{name} key", boundary, allow_zero=True)
+        check_nonnegative(f"{name}[{boundary!r}]", scale)
+    items = sorted((int(b), s) for b, s in boundaries_and_scales.items())
+    return [b for b, _ in items], [s for _, s in items]
+
+
+# ---------------------------------------------------------------------------
+# Schedules.
+
+
+def constant_schedule(value: Numeric) -> Schedule:
+    r"""A schedule that returns the same value at every step.
+
+    .. math:: v_t = v
+
+    Args:
+        value: the value :math:`v`, a finite real number.
+
+    Returns:
+        A schedule ``step -> value``; ``value`` is returned as given.
+
+    Example:
+        >>> from adamx.schedules import constant_schedule
+        >>> s = constant_schedule(0.1)
+        >>> s(0), s(10_000)
+        (0.1, 0.1)
+    """
+    check_finite("value", value)
+
+    def schedule(count: Numeric) -> Numeric:
+        del count
+        return value
+
+    return schedule
+
+
+def polynomial_schedule(
+    init_value: Numeric,
+    end_value: Numeric,
+    power: Numeric,
+    transition_steps: int,
+    transition_begin: int = 0,
+) -> Schedule:
+    r"""Move from ``init_value`` to ``end_value`` along a polynomial of the step.
+
+    .. math::
+
+        v_t = E + (I - E)\left(1 - \frac{\tau_t}{T}\right)^{p},
+        \qquad \tau_t = \min(\max(t - B, 0), T)
+
+    with :math:`I` = ``init_value``, :math:`E` = ``end_value``, :math:`p` =
+    ``power``, :math:`T` = ``transition_steps`` and :math:`B` =
+    ``transition_begin``. The value is :math:`I` up to step :math:`B` and
+    :math:`E` from step :math:`B + T` on. As in Optax, ``transition_steps=0``
+    gives the constant :math:`I`; a negative ``transition_steps`` or
+    ``transition_begin``, which Optax reads as 0, is refused.
+
+    Args:
+        init_value: the value :math:`I` before and at the start of the transition.
+        end_value: the value :math:`E` at and after its end.
+        power: the exponent :math:`p`, a number >= 0.
+        transition_steps: the length :math:`T` of the transition, an int >= 0.
+        transition_begin: the step :math:`B` where the transition starts, an
+            int >= 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import polynomial_schedule
+        >>> s = polynomial_schedule(1.0, 0.0, power=2, transition_steps=4)
+        >>> [float(s(t)) for t in range(6)]
+        [1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
+    """
+    check_finite("init_value", init_value)
+    check_finite("end_value", end_value)
+    check_nonnegative("power", power)
+    check_positive_int("transition_steps", transition_steps, allow_zero=True)
+    check_positive_int("transition_begin", transition_begin, allow_zero=True)
+
+    if transition_steps == 0:
+
+        def constant(count: Numeric) -> jax.Array:
+            del count
+            return jnp.asarray(init_value)
+
+        return constant
+
+    def schedule(count: Numeric) -> jax.Array:
+        # The steps left are counted in integers so that the base is exactly 0
+        # at the end; 1 - tau / T can round to 2**-54 under jit, and a power
+        # below 1 would magnify that.
+        left = transition_steps - _elapsed(count, transition_begin, transition_steps)
+        frac = _to_float(left) / transition_steps
+        return jnp.asarray(end_value + (init_value - end_value) * frac**power)
+
+    return schedule
+
+
+def linear_schedule(
+    init_value: Numeric,
+    end_value: Numeric,
+    transition_steps: int,
+    transition_begin: int = 0,
+) -> Schedule:
+    r"""Move from ``init_value`` to ``end_value`` along a straight line.
+
+    .. math::
+
+        v_t = I + (E - I)\,\frac{\tau_t}{T},
+        \qquad \tau_t = \min(\max(t - B, 0), T)
+
+    with :math:`I` = ``init_value``, :math:`E` = ``end_value``, :math:`T` =
+    ``transition_steps`` and :math:`B` = ``transition_begin``: the
+    :func:`polynomial_schedule` with ``power=1``. As in Optax,
+    ``transition_steps=0`` gives the constant :math:`I`; negative lengths are
+    refused.
+
+    Args:
+        init_value: the value :math:`I` before and at the start of the transition.
+        end_value: the value :math:`E` at and after its end.
+        transition_steps: the length :math:`T` of the transition, an int >= 0.
+        transition_begin: the step :math:`B` where the transition starts, an
+            int >= 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import linear_schedule
+        >>> s = linear_schedule(1.0, 0.0, transition_steps=4, transition_begin=1)
+        >>> [float(s(t)) for t in range(7)]
+        [1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+    return polynomial_schedule(
+        init_value=init_value,
+        end_value=end_value,
+        power=1,
+        transition_steps=transition_steps,
+        transition_begin=transition_begin,
+    )
+
+
+def piecewise_constant_schedule(
+    init_value: Numeric,
+    boundaries_and_scales: Mapping[int, float] | None = None,
+) -> Schedule:
+    r"""Start at ``init_value`` and multiply by a factor at each given step.
+
+    .. math:: v_t = I \prod_{i \,:\, t \ge b_i} s_i
+
+    with :math:`I` = ``init_value`` and ``boundaries_and_scales`` =
+    :math:`\{b_i: s_i\}`.
+
+    Args:
+        init_value: the value :math:`I` before the first boundary.
+        boundaries_and_scales: a dict from step :math:`b_i` (an int >= 0) to
+            factor :math:`s_i` (a number >= 0), or ``None`` for no jumps.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import piecewise_constant_schedule
+        >>> s = piecewise_constant_schedule(1.0, {2: 0.5, 4: 0.5})
+        >>> [float(s(t)) for t in range(6)]
+        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    """
+    check_finite("init_value", init_value)
+    boundaries, scales = _check_boundaries_and_scales(
+        "boundaries_and_scales", boundaries_and_scales
+    )
+
+    def schedule(count: Numeric) -> jax.Array:
+        value = init_value
+        for boundary, scale in zip(boundaries, scales, strict=True):
+            value = value * jnp.where(count >= boundary, scale, 1.0)
+        return jnp.asarray(value)
+
+    return schedule
+
+
+def exponential_decay(
+    init_value: Numeric,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value: Numeric | None = None,
+) -> Schedule:
+    r"""Multiply ``init_value`` by ``decay_rate`` every ``transition_steps`` steps.
+
+    .. math::
+
+        v_t = \operatorname{clip}_E\!\left(I\, r^{\,p_t}\right), \qquad
+        p_t = \frac{\max(t - B, 0)}{T}
+        \quad\left(\text{or } \left\lfloor \frac{\max(t - B, 0)}{T}
+        \right\rfloor \text{ with } \texttt{staircase}\right)
+
+    with :math:`I` = ``init_value``, :math:`r` = ``decay_rate``, :math:`T` =
+    ``transition_steps`` and :math:`B` = ``transition_begin``. With an
+    ``end_value`` :math:`E`, :math:`\operatorname{clip}_E` is
+    :math:`\max(\cdot, E)` when :math:`r < 1` (a floor) and
+    :math:`\min(\cdot, E)` when :math:`r \ge 1` (a ceiling); without one it
+    does nothing.
+
+    Unlike Optax, which turns a zero ``transition_steps`` or ``decay_rate`` into
+    a constant schedule, these are refused, as is an ``end_value`` on the wrong
+    side of ``init_value`` (which would replace the value from step 0).
+
+    Args:
+        init_value: the value :math:`I` up to step :math:`B`.
+        transition_steps: the steps :math:`T` per factor of :math:`r`, an int > 0.
+        decay_rate: the factor :math:`r`, a number > 0.
+        transition_begin: the step :math:`B` where the decay starts, an int >= 0.
+        staircase: if ``True``, the exponent is rounded down, so the value
+            drops in steps every :math:`T` steps.
+        end_value: the bound :math:`E`, or ``None`` for no bound.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import exponential_decay
+        >>> s = exponential_decay(1.0, transition_steps=2, decay_rate=0.5)
+        >>> [float(s(t)) for t in (0, 2, 4)]
+        [1.0, 0.5, 0.25]
+        >>> s = exponential_decay(1.0, 2, 0.5, staircase=True, end_value=0.3)
+        >>> [float(s(t)) for t in range(6)]
+        [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
+    """
+    check_finite("init_value", init_value)
+    check_positive_int("transition_steps", transition_steps)
+    check_range("decay_rate", decay_rate, 0.0, math.inf, low_open=True, high_open=True)
+    check_positive_int("transition_begin", transition_begin, allow_zero=True)
+    check_bool("staircase", staircase)
+    rate_f = _concrete_float(decay_rate)
+    if end_value is not None:
+        check_finite("end_value", end_value)
+        init_f, end_f = _concrete_float(init_value), _concrete_float(end_value)
+        if None not in (init_f, end_f, rate_f):
+            if rate_f < 1.0 and end_f > init_f:
+                raise ValueError(
+                    f"end_value must be <= init_value={init_value!r} when "
+                    f"decay_rate < 1 (it is a floor), got {end_value!r}"
+                )
+            if rate_f >= 1.0 and end_f < init_f:
+                raise ValueError(
+                    f"end_value must be >= init_value={init_value!r} when "
+                    f"decay_rate >= 1 (it is a ceiling), got {end_value!r}"
+                )
+
+    def schedule(count: Numeric) -> jax.Array:
+        steps = _elapsed(count, transition_begin)
+        if staircase:
+            exponent = _to_float(steps // transition_steps)
+        else:
+            exponent = _to_float(steps) / transition_steps
+        value = init_value * jnp.power(decay_rate, exponent)
+        if end_value is None:
+            return jnp.asarray(value)
+        if rate_f is None:
+            is_floor = jnp.asarray(decay_rate) < 1.0
+            return jnp.where(
+                is_floor, jnp.maximum(value, end_value), jnp.minimum(value, end_value)
+            )
+        clip = jnp.maximum if rate_f < 1.0 else jnp.minimum
+        return clip(value, end_value)
+
+    return schedule
+
+
+def cosine_decay_schedule(
+    init_value: Numeric,
+    decay_steps: int,
+    alpha: Numeric = 0.0,
+    exponent: Numeric = 1.0,
+) -> Schedule:
+    r"""Decay ``init_value`` along half a cosine, to ``alpha * init_value``.
+
+    .. math::
+
+        v_t = I\left(\alpha + (1 - \alpha)
+        \left[\tfrac{1}{2}\left(1 + \cos\frac{\pi \min(t, T)}{T}\right)
+        \right]^{p}\right)
+
+    with :math:`I` = ``init_value``, :math:`T` = ``decay_steps``,
+    :math:`\alpha` = ``alpha`` and :math:`p` = ``exponent``; the value stays at
+    :math:`\alpha I` after step :math:`T`.
+
+    Args:
+        init_value: the value :math:`I` at step 0.
+        decay_steps: the length :math:`T` of the decay, an int > 0.
+        alpha: the final value as a fraction of :math:`I`, in ``[0, 1]``.
+        exponent: the power :math:`p` of the cosine factor, a number >= 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    References:
+        Loshchilov and Hutter, `SGDR: Stochastic Gradient Descent with Warm
+        Restarts <https://arxiv.org/abs/1608.03983>`_, 2017.
+
+    Example:
+        >>> from adamx.schedules import cosine_decay_schedule
+        >>> s = cosine_decay_schedule(1.0, decay_steps=4, alpha=0.5)
+        >>> [round(float(s(t)), 4) for t in range(6)]
+        [1.0, 0.9268, 0.75, 0.5732, 0.5, 0.5]
+    """
+    check_finite("init_value", init_value)
+    check_positive_int("decay_steps", decay_steps)
+    check_range("alpha", alpha, 0.0, 1.0)
+    check_nonnegative("exponent", exponent)
+
+    def schedule(count: Numeric) -> jax.Array:
+        weight = _cosine_weight(
+            decay_steps - _elapsed(count, 0, decay_steps), decay_steps
+        )
+        return init_value * (alpha + (1.0 - alpha) * weight**exponent)
+
+    return schedule
+
+
+def warmup_constant_schedule(
+    init_value: Numeric,
+    peak_value: Numeric,
+    warmup_steps: int,
+) -> Schedule:
+    r"""Rise linearly from ``init_value`` to ``peak_value``, then hold it.
+
+    .. math:: v_t = I + (P - I)\,\frac{\min(t, W)}{W}
+
+    with :math:`I` = ``init_value``, :math:`P` = ``peak_value`` and :math:`W`
+    = ``warmup_steps``. Optax turns ``warmup_steps=0`` into the constant
+    :math:`I`, never reaching :math:`P`; here it is refused (use
+    :func:`constant_schedule` for no warm-up).
+
+    Args:
+        init_value: the value :math:`I` at step 0.
+        peak_value: the value :math:`P` from step :math:`W` on.
+        warmup_steps: the length :math:`W` of the warm-up, an int > 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import warmup_constant_schedule
+        >>> s = warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
+        >>> [float(s(t)) for t in range(6)]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    check_finite("init_value", init_value)
+    check_finite("peak_value", peak_value)
+    check_positive_int("warmup_steps", warmup_steps)
+    return linear_schedule(
+        init_value=init_value, end_value=peak_value, transition_steps=warmup_steps
+    )
+
+
+def warmup_cosine_decay_schedule(
+    init_value: Numeric,
+    peak_value: Numeric,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: Numeric = 0.0,
+    exponent: Numeric = 1.0,
+) -> Schedule:
+    r"""Rise linearly to ``peak_value``, then fall along half a cosine.
+
+    .. math::
+
+        v_t = \begin{cases}
+            I + (P - I)\,\dfrac{t}{W} & t < W \\[1ex]
+            E + (P - E)\left[\tfrac{1}{2}\left(1 + \cos
+            \dfrac{\pi \min(t - W,\, D - W)}{D - W}\right)\right]^{p} & t \ge W
+        \end{cases}
+
+    with :math:`I` = ``init_value``, :math:`P` = ``peak_value``, :math:`W` =
+    ``warmup_steps``, :math:`D` = ``decay_steps`` (the whole length, warm-up
+    included), :math:`E` = ``end_value`` and :math:`p` = ``exponent``.
+
+    Args:
+        init_value: the value :math:`I` at step 0.
+        peak_value: the value :math:`P` at step :math:`W`.
+        warmup_steps: the length :math:`W` of the warm-up, an int >= 0; 0 starts
+            the decay at step 0.
+        decay_steps: the step :math:`D` where the decay ends, warm-up included;
+            an int > ``warmup_steps``.
+        end_value: the value :math:`E` from step :math:`D` on. It must be 0 when
+            ``peak_value`` is 0, where Optax would ignore it.
+        exponent: the power :math:`p` of the cosine factor, a number >= 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import warmup_cosine_decay_schedule
+        >>> s = warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=2, decay_steps=6)
+        >>> [round(float(s(t)), 4) for t in range(8)]
+        [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
+    """
+    check_finite("init_value", init_value)
+    check_finite("peak_value", peak_value)
+    check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
+    check_positive_int("decay_steps", decay_steps)
+    if decay_steps <= warmup_steps:
+        raise ValueError(
+            f"decay_steps must be > warmup_steps={warmup_steps!r} (it counts the "
+            f"warm-up), got {decay_steps!r}"
+        )
+    check_finite("end_value", end_value)
+    check_nonnegative("exponent", exponent)
+    end_f = _concrete_float(end_value)
+    if _concrete_float(peak_value) == 0.0 and end_f is not None and end_f != 0.0:
+        # Optax scales the decay by peak_value, so it would ignore end_value.
+        raise ValueError(f"end_value must be 0 when peak_value is 0, got {end_value!r}")
+    cosine_steps = decay_steps - warmup_steps
+
+    def schedule(count: Numeric) -> jax.Array:
+        left = cosine_steps - _elapsed(count, warmup_steps, cosine_steps)
+        weight = _cosine_weight(left, cosine_steps)
+        decayed = end_value + (peak_value - end_value) * weight**exponent
+        if warmup_steps == 0:
+            return jnp.asarray(decayed)
+        warm_frac = _to_float(_elapsed(count, 0, warmup_steps)) / warmup_steps
+        warm = _linear_interpolate(init_value, peak_value, warm_frac)
+        return jnp.where(count < warmup_steps, warm, decayed)
+
+    return schedule
+
+
+def piecewise_interpolate_schedule(
+    interpolate_type: str,
+    init_value: Numeric,
+    boundaries_and_scales: Mapping[int, float] | None = None,
+) -> Schedule:
+    r"""Move between scaled values, linearly or along a cosine, between boundaries.
+
+    With ``boundaries_and_scales`` = :math:`\{b_k: s_k\}` sorted by step,
+    :math:`b_0 = 0`, :math:`v_0 = I` (``init_value``) and
+    :math:`v_k = I \prod_{i \le k} s_i`:
+
+    .. math::
+
+        v_t = f\!\left(v_k,\, v_{k+1},\, \frac{t - b_k}{b_{k+1} - b_k}\right)
+        \quad \text{for } b_k \le t < b_{k+1},
+        \qquad v_t = v_K \quad \text{for } t \ge b_K
+
+    where :math:`f(a, b, x) = a + (b - a)x` for ``'linear'`` and
+    :math:`f(a, b, x) = b + (a - b)\,\tfrac{1}{2}(1 + \cos \pi x)` for
+    ``'cosine'``. The scales multiply up: the value reached at :math:`b_k` is
+    the product of all scales so far, not :math:`s_k` alone.
+
+    Args:
+        interpolate_type: ``'linear'`` or ``'cosine'``.
+        init_value: the value :math:`I` at step 0.
+        boundaries_and_scales: a dict from step :math:`b_k` (an int >= 0) to
+            factor :math:`s_k` (a number >= 0), or ``None`` for the constant
+            :math:`I`.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import piecewise_interpolate_schedule
+        >>> s = piecewise_interpolate_schedule("linear", 1.0, {2: 0.5, 6: 0.5})
+        >>> [float(s(t)) for t in range(8)]
+        [1.0, 0.75, 0.5, 0.4375, 0.375, 0.3125, 0.25, 0.25]
+    """
+    interpolators: dict[str, Callable[[Any, Any, Any], Any]] = {
+        "linear": _linear_interpolate,
+        "cosine": _cosine_interpolate,
+    }
+    if not isinstance(interpolate_type, str) or interpolate_type not in interpolators:
+        raise ValueError(
+            f"interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}"
+        )
+    interpolate = interpolators[interpolate_type]
+    check_finite("init_value", init_value)
+    boundaries, scales = _check_boundaries_and_scales(
+        "boundaries_and_scales", boundaries_and_scales
+    )
+    starts = [0, *boundaries[:-1]]
+    values = [init_value]
+    for scale in scales:
+        values.append(values[-1] * scale)
+
+    def schedule(count: Numeric) -> jax.Array:
+        value = values[-1]
+        # Built from the last segment backwards so that the first matching
+        # ``count < end`` wins; a segment of length 0 (a boundary at step 0)
+        # is never selected.
+        for k in reversed(range(len(boundaries))):
+            start, end = starts[k], boundaries[k]
+            length = max(end - start, 1)
+            frac = _to_float(_elapsed(count, start, length)) / length
+            segment = interpolate(values[k], values[k + 1], frac)
+            value = jnp.where(count < end, segment, value)
+        return jnp.asarray(value)
+
+    return schedule
+
+
+def _check_pct(name: str, value: Any, low: float, low_name: str) -> None:
+    """A fraction of the cycle strictly between ``low`` and 1."""
+    f = _concrete_float(value)
+    check_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
+    if f is None:
+        raise TypeError(f"{name} must be a concrete number, got {value!r}")
+    if f <= low:
+        raise ValueError(f"{name} must be in ({low_name}={low!r}, 1), got {value!r}")
+
+
+def linear_onecycle_schedule(
+    transition_steps: int,
+    peak_value: Numeric,
+    pct_start: float = 0.3,
+    pct_final: float = 0.85,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> Schedule:
+    r"""The one-cycle schedule with straight lines: up, down, then further down.
+
+    With :math:`P` = ``peak_value``, :math:`I = P / d` (``div_factor``),
+    :math:`T` = ``transition_steps``, :math:`b_1 = \lfloor`
+    ``pct_start`` :math:`\cdot T \rfloor` and :math:`b_2 = \lfloor`
+    ``pct_final`` :math:`\cdot T \rfloor`, the value moves linearly through
+
+    .. math::
+
+        (0, I) \to (b_1, P) \to (b_2, I) \to (T, I / d_f)
+
+    and stays at :math:`I / d_f` (``final_div_factor``) after step :math:`T`.
+    It is :func:`piecewise_interpolate_schedule` with ``'linear'``.
+
+    Args:
+        transition_steps: the length :math:`T` of the cycle, an int > 0, long
+            enough that :math:`0 \le b_1 < b_2 < T`.
+        peak_value: the value :math:`P` at step :math:`b_1`.
+        pct_start: the fraction of the cycle spent rising, in ``(0, 1)``.
+        pct_final: the fraction of the cycle after which the last phase starts,
+            in ``(pct_start, 1)``.
+        div_factor: :math:`d`, the ratio of the peak to the initial value, > 0.
+        final_div_factor: :math:`d_f`, the ratio of the initial to the final
+            value, > 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    References:
+        Smith and Topin, `Super-Convergence: Very Fast Training of Neural
+        Networks Using Large Learning Rates <https://arxiv.org/abs/1708.07120>`_,
+        2017.
+
+    Example:
+        >>> from adamx.schedules import linear_onecycle_schedule
+        >>> s = linear_onecycle_schedule(10, 1.0, pct_start=0.2, pct_final=0.6,
+        ...                              div_factor=4.0, final_div_factor=5.0)
+        >>> [round(float(s(t)), 4) for t in (0, 1, 2, 4, 6, 8, 10, 12)]
+        [0.25, 0.625, 1.0, 0.625, 0.25, 0.15, 0.05, 0.05]
+    """
+    check_positive_int("transition_steps", transition_steps)
+    check_finite("peak_value", peak_value)
+    _check_pct("pct_start", pct_start, 0.0, "0")
+    _check_pct("pct_final", pct_final, float(pct_start), "pct_start")
+    check_range("div_factor", div_factor, 0.0, math.inf, low_open=True, high_open=True)
+    check_range(
+        "final_div_factor",
+        final_div_factor,
+        0.0,
+        math.inf,
+        low_open=True,
+        high_open=True,
+    )
+    rise_end = int(pct_start * transition_steps)
+    fall_end = int(pct_final * transition_steps)
+    if rise_end == fall_end:
+        # Equal boundaries would merge two phases into one key of the dict.
+        raise ValueError(
+            f"transition_steps={transition_steps!r} is too short to separate "
+            f"pct_start={pct_start!r} and pct_final={pct_final!r}: both fall on "
+            f"step {rise_end}"
+        )
+    return piecewise_interpolate_schedule(
+        "linear",
+        peak_value / div_factor,
+        {
+            rise_end: div_factor,
+            fall_end: 1.0 / div_factor,
+            transition_steps: 1.0 / final_div_factor,
+        },
+    )
+
+
+def cosine_onecycle_schedule(
+    transition_steps: int,
+    peak_value: Numeric,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> Schedule:
+    r"""The one-cycle schedule with cosine ramps: up to the peak, then down.
+
+    With :math:`P` = ``peak_value``, :math:`I = P / d` (``div_factor``),
+    :math:`T` = ``transition_steps`` and :math:`b_1 = \lfloor`
+    ``pct_start`` :math:`\cdot T \rfloor`, the value follows half a cosine
+    from :math:`I` at step 0 to :math:`P` at :math:`b_1`, then another to
+    :math:`I / d_f` (``final_div_factor``) at :math:`T`, where it stays:
+
+    .. math::
+
+        v_t = b + (a - b)\,\tfrac{1}{2}\left(1 + \cos \pi x_t\right)
+
+    with :math:`(a, b, x_t) = (I, P, t / b_1)` on the way up and
+    :math:`(P, I/d_f, (t - b_1)/(T - b_1))` on the way down. It is
+    :func:`piecewise_interpolate_schedule` with ``'cosine'``.
+
+    Args:
+        transition_steps: the length :math:`T` of the cycle, an int > 0.
+        peak_value: the value :math:`P` at step :math:`b_1`.
+        pct_start: the fraction of the cycle spent rising, in ``(0, 1)``.
+        div_factor: :math:`d`, the ratio of the peak to the initial value, > 0.
+        final_div_factor: :math:`d_f`, the ratio of the initial to the final
+            value, > 0.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    References:
+        Smith and Topin, `Super-Convergence: Very Fast Training of Neural
+        Networks Using Large Learning Rates <https://arxiv.org/abs/1708.07120>`_,
+        2017.
+
+    Example:
+        >>> from adamx.schedules import cosine_onecycle_schedule
+        >>> s = cosine_onecycle_schedule(10, 1.0, pct_start=0.2, div_factor=4.0,
+        ...                              final_div_factor=5.0)
+        >>> [round(float(s(t)), 4) for t in (0, 1, 2, 6, 10, 12)]
+        [0.25, 0.625, 1.0, 0.525, 0.05, 0.05]
+    """
+    check_positive_int("transition_steps", transition_steps)
+    check_finite("peak_value", peak_value)
+    _check_pct("pct_start", pct_start, 0.0, "0")
+    check_range("div_factor", div_factor, 0.0, math.inf, low_open=True, high_open=True)
+    check_range(
+        "final_div_factor",
+        final_div_factor,
+        0.0,
+        math.inf,
+        low_open=True,
+        high_open=True,
+    )
+    return piecewise_interpolate_schedule(
+        "cosine",
+        peak_value / div_factor,
+        {
+            int(pct_start * transition_steps): div_factor,
+            transition_steps: 1.0 / (div_factor * final_div_factor),
+        },
+    )
+
+
+def join_schedules(
+    schedules: Sequence[Schedule], boundaries: Sequence[int]
+) -> Schedule:
+    r"""Run schedules one after another, each counting steps from its own start.
+
+    .. math::
+
+        v_t = s_k(t - b_k) \quad \text{for } b_k \le t < b_{k+1},
+        \qquad b_0 = 0,\ b_{K} = \infty
+
+    with ``schedules`` = :math:`(s_0, \dots, s_{K-1})` and ``boundaries`` =
+    :math:`(b_1, \dots, b_{K-1})`.
+
+    Args:
+        schedules: the :math:`K \ge 1` schedules, callables ``step -> value``.
+        boundaries: the :math:`K - 1` steps where each next schedule takes
+            over, ints >= 0 in strictly increasing order.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    Example:
+        >>> from adamx.schedules import constant_schedule, join_schedules
+        >>> from adamx.schedules import linear_schedule
+        >>> s = join_schedules(
+        ...     [constant_schedule(1.0), linear_schedule(1.0, 0.0, 2)], [3]
+        ... )
+        >>> [float(s(t)) for t in range(6)]
+        [1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
+    """
+    if isinstance(schedules, (str, bytes)) or not isinstance(schedules, Iterable):
+        raise TypeError(f"schedules must be a sequence of schedules, got {schedules!r}")
+    if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, Iterable):
+        raise TypeError(f"boundaries must be a sequence of ints, got {boundaries!r}")
+    schedules = list(schedules)
+    boundaries = list(boundaries)
+    if not schedules:
+        raise ValueError("schedules must hold at least one schedule, got []")
+    for i, fn in enumerate(schedules):
+        if not callable(fn):
+            raise TypeError(
+                f"schedules[{i}] must be a callable step -> value, got {fn!r} of "
+                f"type {type(fn).__name__}"
+            )
+    if len(boundaries) != len(schedules) - 1:
+        raise ValueError(
+            f"boundaries must have len(schedules) - 1 = {len(schedules) - 1} "
+            f"entries, got {len(boundaries)}: {boundaries!r}"
+        )
+    for i, boundary in enumerate(boundaries):
+        check_positive_int(f"boundaries[{i}]", boundary, allow_zero=True)
+    if any(b >= b_next for b, b_next in zip(boundaries, boundaries[1:], strict=False)):
+        raise ValueError(f"boundaries must be strictly increasing, got {boundaries!r}")
+
+    def schedule(count: Numeric) -> jax.Array:
+        value = schedules[0](count)
+        for boundary, fn in zip(boundaries, schedules[1:], strict=True):
+            value = jnp.where(count < boundary, value, fn(count - boundary))
+        return jnp.asarray(value)
+
+    return schedule
+
+
+def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Numeric]]) -> Schedule:
+    r"""Stochastic gradient descent with warm restarts: warm-up-cosine cycles in a row.
+
+    Cycle :math:`k` is ``warmup_cosine_decay_schedule(**cosine_kwargs[k])``
+    and lasts its ``decay_steps`` :math:`D_k` (warm-up included):
+
+    .. math::
+
+        v_t = c_k\!\left(t - \textstyle\sum_{i<k} D_i\right)
+        \quad \text{for } \textstyle\sum_{i<k} D_i \le t < \sum_{i \le k} D_i
+
+    and the last cycle's end value holds after the last cycle.
+
+    Args:
+        cosine_kwargs: one or more dicts of keyword arguments for
+            :func:`warmup_cosine_decay_schedule`, one per cycle.
+
+    Returns:
+        A schedule ``step -> value``.
+
+    References:
+        Loshchilov and Hutter, `SGDR: Stochastic Gradient Descent with Warm
+        Restarts <https://arxiv.org/abs/1608.03983>`_, 2017.
+
+    Example:
+        >>> from adamx.schedules import sgdr_schedule
+        >>> cycle = dict(init_value=0.0, peak_value=1.0, warmup_steps=1,
+        ...              decay_steps=3)
+        >>> s = sgdr_schedule([cycle, cycle])
+        >>> [float(s(t)) for t in range(7)]
+        [0.0, 1.0, 0.5, 0.0, 1.0, 0.5, 0.0]
+    """
+    if isinstance(cosine_kwargs, Mapping) or not isinstance(cosine_kwargs, Iterable):
+        raise TypeError(
+            f"cosine_kwargs must be a sequence of dicts, one per cycle, "
+            f"got {cosine_kwargs!r}"
+        )
+    cycles = list(cosine_kwargs)
+    if not cycles:
+        raise ValueError("cosine_kwargs must hold at least one cycle, got []")
+    schedules = []
+    boundaries = []
+    start = 0
+    for i, kwargs in enumerate(cycles):
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"cosine_kwargs[{i}] must be a dict of arguments for "
+                f"warmup_cosine_decay_schedule, got {kwargs!r}"
+            )
+        try:
+            schedules.append(warmup_cosine_decay_schedule(**kwargs))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"cosine_kwargs[{i}]: {e}") from e
+        start += kwargs["decay_steps"]
+        boundaries.append(start)
+    return join_schedules(schedules, boundaries[:-1])

@@ -1,0 +1,34 @@
+"""Shared test set-up: eight host devices, strict dtype promotion, float64 on demand."""
+
+import os
+
+# Set before JAX is imported anywhere: pmap and sharding tests need several devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def strict_promotion():
+    """Make implicit promotions (bf16 + f32, float ** int32, ...) raise.
+
+    adamx casts on purpose, so it runs under this mode; Optax does not, so the
+    comparisons against it run under the default mode.
+    """
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    try:
+        yield
+    finally:
+        jax.config.update("jax_numpy_dtype_promotion", "standard")
+
+
+@pytest.fixture
+def x64():
+    """Run a test in float64, so that only the formula is compared."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)

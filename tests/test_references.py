@@ -1,0 +1,642 @@
+"""Every optimizer against an independent NumPy transcription of its paper.
+
+The references below are written from the papers' pseudo-code, with the
+conventions the Optax documentation states where a paper leaves a choice open
+(where ``eps`` sits, whether weight decay is scaled by the learning rate). They
+share no code with adamx, so a mistake would have to be made twice to pass.
+
+Each case runs ``NUM_STEPS`` steps on a small regression problem whose gradient
+depends on the parameters, and compares the whole trajectory, so an error in
+bias correction or in a state update shows up at the step where it starts.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamx
+
+NUM_STEPS = 100
+F64_TOL = 1e-10
+# adamx, like Optax, computes Adafactor's beta2_t = 1 - t^-decay_rate in float32
+# even for float64 parameters, which caps the agreement at about 1e-9 here.
+F64_TOL_BY_NAME = {"adafactor": 1e-8}
+# float32 runs are compared with the float64 reference, so this bounds the
+# drift, not the last bit. The parameters are O(1), so the absolute part is
+# 1e-4 of their scale; Adam-like steps normalise small gradients, whose float32
+# rounding (they are differences of O(1) terms) is thereby amplified.
+F32_RTOL = 1e-4
+F32_ATOL = 1e-4
+
+# ---------------------------------------------------------------------------
+# The problem: least squares with a sine term, so the Hessian changes along
+# the trajectory and a wrong step size cannot hide behind a fixed curvature.
+
+_RNG = np.random.default_rng(0)
+X = _RNG.normal(size=(8, 5))
+Y = _RNG.normal(size=(8, 3))
+W0 = 0.5 * _RNG.normal(size=(5, 3))
+# A zero bias makes LAMB's first step take its zero-norm branch.
+B0 = np.zeros(3)
+SIN_WEIGHT = 0.1
+
+
+def initial_params():
+    return {"w": W0.copy(), "b": B0.copy()}
+
+
+def loss_jax(params, x, y):
+    residual = x @ params["w"] + params["b"] - y
+    return jnp.sum(residual**2) / x.shape[0] + SIN_WEIGHT * jnp.sum(
+        jnp.sin(params["w"])
+    )
+
+
+def grad_numpy(params):
+    residual = X @ params["w"] + params["b"] - Y
+    return {
+        "w": 2.0 * X.T @ residual / X.shape[0] + SIN_WEIGHT * np.cos(params["w"]),
+        "b": 2.0 * residual.sum(axis=0) / X.shape[0],
+    }
+
+
+# ---------------------------------------------------------------------------
+# References. Each acts on one leaf: ``step(p, g, state, t, lr, **hyper)``
+# returns the new parameter, keeps its moments in the dict ``state`` (empty at
+# t = 1, so a missing moment reads as its initial value) and counts t from 1.
+
+
+def _rms(x):
+    return np.sqrt(np.mean(x**2))
+
+
+def _nesterov_mhat(m, g, b1, t):
+    # Dozat (2016) as Optax writes it: the look-ahead momentum is debiased for
+    # step t + 1, the fresh gradient for step t.
+    return b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+
+
+def adam_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+):
+    """Kingma & Ba (2014), Algorithm 1; decoupled decay of Loshchilov & Hutter.
+
+    As in PyTorch and Optax, the decay is multiplied by the learning rate.
+    """
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g**2
+    mhat = _nesterov_mhat(m, g, b1, t) if nesterov else m / (1 - b1**t)
+    vhat = v / (1 - b2**t)
+    direction = mhat / (np.sqrt(vhat + eps_root) + eps) + weight_decay * p
+    return p - lr * direction
+
+
+def amsgrad_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    bias_correction_mu=True,
+    bias_correction_nu=True,
+):
+    """Reddi et al. (2018), Algorithm 2 (AMSGrad).
+
+    The paper uses raw moments; Optax by default takes the running maximum of
+    the bias-corrected second moment and debiases the first. Both switches off
+    give the paper's algorithm.
+    """
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g**2
+    mhat = m / (1 - b1**t) if bias_correction_mu else m
+    vhat = v / (1 - b2**t) if bias_correction_nu else v
+    vmax = s["vmax"] = np.maximum(s.get("vmax", 0.0), vhat)
+    return p - lr * mhat / (np.sqrt(vmax + eps_root) + eps)
+
+
+def adamax_ref(p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+    """Kingma & Ba (2014), section 7.1, with ``eps`` inside the max as Optax has it."""
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    u = s["u"] = np.maximum(b2 * s.get("u", 0.0), np.abs(g) + eps)
+    return p - lr * (m / (1 - b1**t) / u + weight_decay * p)
+
+
+def radam_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    threshold=5.0,
+    nesterov=False,
+):
+    """Liu et al. (2019), Algorithm 2 (RAdam).
+
+    The paper rectifies when rho_t > 4; Optax (and so adamx) when
+    rho_t >= ``threshold``, 5 by default, and otherwise takes the momentum step.
+    """
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g**2
+    mhat = _nesterov_mhat(m, g, b1, t) if nesterov else m / (1 - b1**t)
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+    if rho_t < threshold:
+        return p - lr * mhat
+    r = np.sqrt(
+        (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+    )
+    vhat = v / (1 - b2**t)
+    return p - lr * r * mhat / (np.sqrt(vhat + eps_root) + eps)
+
+
+def adabelief_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, nesterov=False
+):
+    """Zhuang et al. (2020), Algorithm 2; ``eps_root`` is the paper's in-EMA eps."""
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    belief = s["s"] = b2 * s.get("s", 0.0) + (1 - b2) * (g - m) ** 2 + eps_root
+    mhat = _nesterov_mhat(m, g, b1, t) if nesterov else m / (1 - b1**t)
+    shat = belief / (1 - b2**t)
+    return p - lr * mhat / (np.sqrt(shat) + eps)
+
+
+def lamb_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0
+):
+    """You et al. (2019), Algorithm 2, with a trust ratio per parameter array.
+
+    The ratio is 1 where either norm is 0, so zero-initialised arrays still move.
+    """
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g**2
+    mhat = m / (1 - b1**t)
+    vhat = v / (1 - b2**t)
+    r = mhat / (np.sqrt(vhat + eps_root) + eps) + weight_decay * p
+    p_norm, r_norm = np.linalg.norm(p), np.linalg.norm(r)
+    ratio = 1.0 if p_norm == 0 or r_norm == 0 else p_norm / r_norm
+    return p - lr * ratio * r
+
+
+def lion_ref(p, g, s, t, lr, b1=0.9, b2=0.99, weight_decay=1e-3):
+    """Chen et al. (2023), Algorithm 2; the decay is multiplied by the learning rate."""
+    m = s.get("m", 0.0)
+    update = np.sign(b1 * m + (1 - b1) * g) + weight_decay * p
+    s["m"] = b2 * m + (1 - b2) * g
+    return p - lr * update
+
+
+def sgd_ref(p, g, s, t, lr, momentum=None, nesterov=False):
+    """Sutskever et al. (2013), in the form PyTorch and Optax use.
+
+    Heavy ball ``m = g + mu m``; Nesterov steps along ``g + mu m`` with the new m.
+    """
+    if momentum is None:
+        return p - lr * g
+    m = s["m"] = g + momentum * s.get("m", 0.0)
+    return p - lr * (g + momentum * m if nesterov else m)
+
+
+def rmsprop_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    decay=0.9,
+    eps=1e-8,
+    initial_scale=0.0,
+    eps_in_sqrt=True,
+    centered=False,
+    momentum=None,
+    nesterov=False,
+    bias_correction=False,
+):
+    """Tieleman & Hinton (2012), lecture 6.5; centred form of Graves (2013).
+
+    Optax (and so adamx) applies momentum to the already lr-scaled step, unlike
+    PyTorch, which scales the momentum buffer; the two agree for a constant lr.
+    """
+    nu = s["nu"] = decay * s.get("nu", initial_scale) + (1 - decay) * g**2
+    mu = s["mu"] = decay * s.get("mu", 0.0) + (1 - decay) * g
+    correction = 1 - decay**t if bias_correction else 1.0
+    variance = nu / correction
+    if centered:
+        variance = variance - (mu / correction) ** 2
+    if eps_in_sqrt:
+        step = lr * g / np.sqrt(variance + eps)
+    else:
+        step = lr * g / (np.sqrt(variance) + eps)
+    if momentum is None:
+        return p - step
+    buf = s["buf"] = step + momentum * s.get("buf", 0.0)
+    return p - (step + momentum * buf if nesterov else buf)
+
+
+def adafactor_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    min_dim_size_to_factor=128,
+    decay_rate=0.8,
+    decay_offset=0,
+    multiply_by_parameter_scale=True,
+    clipping_threshold=1.0,
+    momentum=None,
+    dtype_momentum=None,  # storage precision only
+    weight_decay_rate=None,
+    eps=1e-30,
+    factored=True,
+):
+    """Shazeer & Stern (2018), Algorithms 4 and 5, with beta2_t = 1 - t^-decay_rate.
+
+    The step is ``lr * max(1e-3, RMS(p))`` (the paper's relative step with a
+    given ``lr``); momentum is an undebiased EMA of steps; the decay, as in
+    Optax, is added after the learning rate, so it is not multiplied by it.
+    """
+    del dtype_momentum
+    beta2 = 1.0 - (t - decay_offset) ** (-decay_rate)
+    g2 = g**2 + eps
+    if factored and p.ndim == 2 and min(p.shape) >= min_dim_size_to_factor:
+        row = s["row"] = beta2 * s.get("row", 0.0) + (1 - beta2) * g2.sum(axis=1)
+        col = s["col"] = beta2 * s.get("col", 0.0) + (1 - beta2) * g2.sum(axis=0)
+        v = np.outer(row, col) / row.sum()
+    else:
+        v = s["v"] = beta2 * s.get("v", 0.0) + (1 - beta2) * g2
+    u = g / np.sqrt(v)
+    if clipping_threshold is not None:
+        u = u / max(1.0, _rms(u) / clipping_threshold)
+    u = lr * u
+    if multiply_by_parameter_scale:
+        u = u * max(1e-3, _rms(p))
+    if momentum is not None:
+        u = s["m"] = momentum * s.get("m", 0.0) + (1 - momentum) * u
+    if weight_decay_rate is not None:
+        u = u + weight_decay_rate * p
+    return p - u
+
+
+REFERENCES = {
+    "adam": adam_ref,
+    "adamw": functools.partial(adam_ref, weight_decay=1e-4),
+    "nadam": functools.partial(adam_ref, nesterov=True),
+    "nadamw": functools.partial(adam_ref, nesterov=True, weight_decay=1e-4),
+    "amsgrad": amsgrad_ref,
+    "adamax": adamax_ref,
+    "adamaxw": functools.partial(adamax_ref, weight_decay=1e-4),
+    "radam": radam_ref,
+    "adabelief": adabelief_ref,
+    "lamb": lamb_ref,
+    "lion": lion_ref,
+    "sgd": sgd_ref,
+    "rmsprop": rmsprop_ref,
+    "adafactor": adafactor_ref,
+}
+
+LEARNING_RATES = {"sgd": 0.05, "lion": 1e-3, "rmsprop": 1e-3, "adafactor": 3e-3}
+DEFAULT_LR = 1e-2
+
+# (optimizer, non-default hyperparameters). The empty dict pins the defaults.
+CASES = [
+    ("adam", {}),
+    ("adam", {"b1": 0.5, "b2": 0.9, "eps": 1e-3}),
+    ("adam", {"eps_root": 1e-4}),
+    ("adam", {"nesterov": True}),
+    ("adamw", {}),
+    ("adamw", {"b1": 0.8, "weight_decay": 0.1}),
+    ("adamw", {"weight_decay": 0.05, "nesterov": True}),
+    ("nadam", {}),
+    ("nadam", {"b1": 0.95, "eps_root": 1e-4}),
+    ("nadamw", {}),
+    ("nadamw", {"weight_decay": 0.1, "b2": 0.99}),
+    ("amsgrad", {}),
+    ("amsgrad", {"b2": 0.9, "eps_root": 1e-4}),
+    ("amsgrad", {"bias_correction_mu": False, "bias_correction_nu": False}),
+    ("adamax", {}),
+    ("adamax", {"b1": 0.8, "b2": 0.9, "eps": 1e-3}),
+    ("adamaxw", {}),
+    ("adamaxw", {"weight_decay": 0.1}),
+    ("radam", {}),
+    ("radam", {"b2": 0.99, "threshold": 8.0}),
+    ("radam", {"eps": 1e-3, "eps_root": 1e-4}),
+    ("radam", {"nesterov": True}),
+    ("adabelief", {}),
+    ("adabelief", {"b1": 0.8, "b2": 0.99, "eps": 1e-6, "eps_root": 1e-8}),
+    ("adabelief", {"nesterov": True}),
+    ("lamb", {}),
+    ("lamb", {"weight_decay": 0.1, "eps": 1e-8}),
+    ("lamb", {"eps_root": 1e-4}),
+    ("lion", {}),
+    ("lion", {"b1": 0.95, "b2": 0.98, "weight_decay": 0.1}),
+    ("lion", {"weight_decay": 0.0}),
+    ("sgd", {}),
+    ("sgd", {"momentum": 0.9}),
+    ("sgd", {"momentum": 0.5, "nesterov": True}),
+    ("rmsprop", {}),
+    ("rmsprop", {"decay": 0.95, "eps_in_sqrt": False}),
+    ("rmsprop", {"centered": True}),
+    ("rmsprop", {"initial_scale": 1.0, "momentum": 0.9}),
+    ("rmsprop", {"momentum": 0.9, "nesterov": True}),
+    ("rmsprop", {"bias_correction": True, "eps_in_sqrt": False}),
+    # Debiased and centred, the first step's variance is 0 and the step blows up.
+    ("rmsprop", {"centered": True, "decay": 0.99, "eps_in_sqrt": False}),
+    ("adafactor", {}),
+    ("adafactor", {"min_dim_size_to_factor": 2}),
+    (
+        "adafactor",
+        {"min_dim_size_to_factor": 2, "clipping_threshold": None, "decay_rate": 0.5},
+    ),
+    (
+        "adafactor",
+        {
+            "min_dim_size_to_factor": 2,
+            "multiply_by_parameter_scale": False,
+            "clipping_threshold": None,
+        },
+    ),
+    (
+        "adafactor",
+        {
+            "momentum": 0.9,
+            "dtype_momentum": np.float64,
+            "weight_decay_rate": 1e-3,
+            "min_dim_size_to_factor": 2,
+            "factored": False,
+        },
+    ),
+]
+
+
+def _case_id(case):
+    name, hyper = case
+    if not hyper:
+        return name
+    return (
+        name
+        + "-"
+        + "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in hyper.items())
+    )
+
+
+def _constant(value):
+    return lambda count: value
+
+
+# ---------------------------------------------------------------------------
+# Runners. Both return the trajectory: a dict of arrays with a leading axis of
+# length ``num_steps``, entry i holding the parameters after step i + 1.
+
+
+def run_reference(step, lr_at, hyper, num_steps=NUM_STEPS):
+    """Runs the NumPy reference in float64; ``lr_at(count)`` counts from 0."""
+    params = initial_params()
+    states = {key: {} for key in params}
+    trajectory = {key: [] for key in params}
+    for t in range(1, num_steps + 1):
+        grads = grad_numpy(params)
+        lr = lr_at(t - 1)
+        params = {
+            key: step(params[key], grads[key], states[key], t, lr, **hyper)
+            for key in params
+        }
+        for key, value in params.items():
+            trajectory[key].append(value)
+    return {key: np.stack(values) for key, values in trajectory.items()}
+
+
+def run_adamx(tx, dtype, num_steps=NUM_STEPS):
+    """Runs ``tx`` with ``jax.grad`` of the same loss, jitted once per case."""
+    x, y = jnp.asarray(X, dtype), jnp.asarray(Y, dtype)
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), initial_params())
+    grad_fn = jax.grad(loss_jax)
+
+    def body(carry, _):
+        params, state = carry
+        updates, state = tx.update(grad_fn(params, x, y), state, params)
+        params = adamx.apply_updates(params, updates)
+        return (params, state), params
+
+    @jax.jit
+    def run(params):
+        carry = (params, tx.init(params))
+        return jax.lax.scan(body, carry, length=num_steps)[1]
+
+    return run(params)
+
+
+def assert_trajectories_close(got, want, rtol, atol):
+    """Fails at the first step where any leaf differs, showing that step."""
+    assert set(got) == set(want)
+    for key in sorted(want):
+        got_leaf = np.asarray(got[key], np.float64)
+        close = np.isclose(got_leaf, want[key], rtol=rtol, atol=atol)
+        bad_steps = np.flatnonzero(~close.reshape(len(close), -1).all(axis=1))
+        if bad_steps.size:
+            i = bad_steps[0]
+            np.testing.assert_allclose(
+                got_leaf[i],
+                want[key][i],
+                rtol=rtol,
+                atol=atol,
+                err_msg=f"leaf {key!r} first differs after step {i + 1}",
+            )
+
+
+def check_against_reference(name, hyper, dtype, rtol, atol, lr=None, lr_at=None):
+    """Builds ``adamx.<name>``, runs it and the reference, compares trajectories.
+
+    ``lr`` is what adamx receives (a float or a schedule); ``lr_at`` is the
+    reference's own value of it at each count, defaulting to the constant.
+    """
+    if lr is None:
+        lr = LEARNING_RATES.get(name, DEFAULT_LR)
+    if lr_at is None:
+        lr_at = _constant(lr)
+    tx = getattr(adamx, name)(lr, **hyper)
+    got = run_adamx(tx, dtype)
+    for leaf in jax.tree.leaves(got):
+        assert leaf.dtype == dtype, f"parameters became {leaf.dtype}, not {dtype}"
+    want = run_reference(REFERENCES[name], lr_at, hyper)
+    assert_trajectories_close(got, want, rtol, atol)
+
+
+# ---------------------------------------------------------------------------
+# Tests.
+
+
+def test_numpy_gradient_matches_jax_grad(x64):
+    params = initial_params()
+    got = jax.grad(loss_jax)(jax.tree.map(jnp.asarray, params), X, Y)
+    want = grad_numpy(params)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-13, atol=1e-13)
+
+
+def test_every_optimizer_has_a_reference_and_a_default_case():
+    assert set(adamx.optimizers.__all__) == set(REFERENCES)
+    defaults = {name for name, hyper in CASES if not hyper}
+    assert defaults == set(REFERENCES)
+
+
+@pytest.mark.parametrize("name, hyper", CASES, ids=[_case_id(c) for c in CASES])
+def test_float64_matches_reference(x64, name, hyper):
+    tol = F64_TOL_BY_NAME.get(name, F64_TOL)
+    check_against_reference(name, hyper, jnp.float64, tol, tol)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_float32_tracks_reference_and_keeps_dtype(name):
+    # lax.scan also rejects a state whose dtype changes between steps.
+    check_against_reference(name, {}, jnp.float32, F32_RTOL, F32_ATOL)
+
+
+def _linear_lr(init_value, end_value, transition_steps):
+    def lr_at(count):
+        fraction = min(count, transition_steps) / transition_steps
+        return init_value + fraction * (end_value - init_value)
+
+    return lr_at
+
+
+# rmsprop's momentum acts on the lr-scaled step and adamw's decay is scaled by
+# the lr, so a changing lr tells those orders apart.
+SCHEDULE_CASES = [
+    ("adam", {}),
+    ("adamw", {"weight_decay": 0.1}),
+    ("lion", {}),
+    ("sgd", {"momentum": 0.9}),
+    ("rmsprop", {"momentum": 0.9}),
+]
+
+
+@pytest.mark.parametrize(
+    "name, hyper", SCHEDULE_CASES, ids=[_case_id(c) for c in SCHEDULE_CASES]
+)
+def test_linear_schedule_matches_reference(x64, name, hyper):
+    if not hasattr(adamx, "linear_schedule"):
+        pytest.skip("adamx has no linear_schedule")
+    base = LEARNING_RATES.get(name, DEFAULT_LR)
+    # The ramp ends before NUM_STEPS so the constant tail is covered too.
+    shape = {"init_value": 2 * base, "end_value": 0.1 * base, "transition_steps": 60}
+    check_against_reference(
+        name,
+        hyper,
+        jnp.float64,
+        F64_TOL,
+        F64_TOL,
+        lr=adamx.linear_schedule(**shape),
+        lr_at=_linear_lr(**shape),
+    )
+
+
+# ---------------------------------------------------------------------------
+# PyTorch. Same problem, autograd for the gradient, float64 throughout.
+
+
+def run_torch(optimizer_cls, lr, torch_kwargs, num_steps=NUM_STEPS):
+    torch = pytest.importorskip("torch")
+    params = {
+        key: torch.tensor(value, dtype=torch.float64, requires_grad=True)
+        for key, value in initial_params().items()
+    }
+    x = torch.tensor(X, dtype=torch.float64)
+    y = torch.tensor(Y, dtype=torch.float64)
+    optimizer = getattr(torch.optim, optimizer_cls)(
+        list(params.values()), lr=lr, **torch_kwargs
+    )
+    trajectory = {key: [] for key in params}
+    for _ in range(num_steps):
+        optimizer.zero_grad()
+        residual = x @ params["w"] + params["b"] - y
+        loss = (residual**2).sum() / x.shape[0] + SIN_WEIGHT * torch.sin(
+            params["w"]
+        ).sum()
+        loss.backward()
+        optimizer.step()
+        for key, value in params.items():
+            trajectory[key].append(value.detach().numpy().copy())
+    return {key: np.stack(values) for key, values in trajectory.items()}
+
+
+# (adamx optimizer, its hyperparameters, torch.optim class, its arguments).
+# Where the two libraries define a method differently the arguments pick the
+# configuration in which the definitions coincide:
+# - torch's RMSprop adds eps outside the square root: adamx's eps_in_sqrt=False.
+#   Its momentum buffer holds unscaled steps; equal to adamx for a constant lr.
+# - torch's RAdam adds eps to sqrt(v) before bias correction, i.e. uses
+#   eps / sqrt(1 - b2^t) against adamx's eps; with eps = 0 they agree.
+# - torch's NAdam uses a momentum-decay schedule and its Adam(amsgrad=True)
+#   takes the maximum of the raw second moment, so neither is compared here.
+TORCH_CASES = [
+    ("adam", {}, "Adam", {}),
+    (
+        "adam",
+        {"b1": 0.8, "b2": 0.99, "eps": 1e-6},
+        "Adam",
+        {"betas": (0.8, 0.99), "eps": 1e-6},
+    ),
+    ("adamw", {"weight_decay": 0.1}, "AdamW", {"weight_decay": 0.1}),
+    (
+        "adamw",
+        {"b1": 0.8, "weight_decay": 1e-4},
+        "AdamW",
+        {"betas": (0.8, 0.999), "weight_decay": 1e-4},
+    ),
+    ("sgd", {}, "SGD", {}),
+    # torch starts the buffer at g on the first step, which is g + mu * 0.
+    ("sgd", {"momentum": 0.9}, "SGD", {"momentum": 0.9}),
+    (
+        "sgd",
+        {"momentum": 0.9, "nesterov": True},
+        "SGD",
+        {"momentum": 0.9, "nesterov": True},
+    ),
+    (
+        "adamax",
+        {"b1": 0.8, "eps": 1e-3},
+        "Adamax",
+        {"betas": (0.8, 0.999), "eps": 1e-3},
+    ),
+    ("rmsprop", {"eps_in_sqrt": False}, "RMSprop", {"alpha": 0.9}),
+    (
+        "rmsprop",
+        {"decay": 0.99, "eps_in_sqrt": False, "centered": True, "momentum": 0.9},
+        "RMSprop",
+        {"alpha": 0.99, "centered": True, "momentum": 0.9},
+    ),
+    ("radam", {"eps": 0.0}, "RAdam", {"eps": 0.0}),
+]
+
+
+@pytest.mark.parametrize(
+    "name, hyper, torch_cls, torch_kwargs",
+    TORCH_CASES,
+    ids=[_case_id(c[:2]) for c in TORCH_CASES],
+)
+def test_float64_matches_torch(x64, name, hyper, torch_cls, torch_kwargs):
+    lr = LEARNING_RATES.get(name, DEFAULT_LR)
+    want = run_torch(torch_cls, lr, torch_kwargs)
+    got = run_adamx(getattr(adamx, name)(lr, **hyper), jnp.float64)
+    assert_trajectories_close(got, want, F64_TOL, F64_TOL)
