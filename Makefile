@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make demo` runs the main example, `make test`
+# runs the whole suite. Both create .venv and install what they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Two workers: the suite is sized for a 2-core machine.
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup demo test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e ".[test,examples]"
+	# torch is optional: its cross-checks are skipped where no CPU build installs.
+	-$(BIN)/python -m pip install -q "torch==2.13.0"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python examples/quickstart.py
+
+lint: setup
+	$(BIN)/ruff check adamx tests examples
+	$(BIN)/ruff format --check adamx tests examples
+
+test: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+
+format: setup
+	$(BIN)/ruff format adamx tests examples
+	$(BIN)/ruff check --fix adamx tests examples
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
