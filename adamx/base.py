@@ -12,6 +12,7 @@ mixed in one chain, and an adamx optimizer can be handed to Flax's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -198,12 +199,22 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
 
 def wider_dtype(*dtypes: Any) -> Any:
-    """The widest of several dtypes (by bits), promoted without JAX's promotion rules.
+    """The dtype that holds values of all ``dtypes``, as JAX's standard promotion.
 
-    Works under ``jax_numpy_dtype_promotion="strict"``, where ``float64`` and
-    ``float32`` have no implicit promotion path.
+    Computed here rather than by ``jnp.promote_types`` so that it also works under
+    ``jax_numpy_dtype_promotion="strict"``, where, say, ``float64`` and
+    ``float32`` have no implicit promotion path. Floats win over integers;
+    ``bfloat16`` with ``float16`` gives ``float32``.
     """
-    return max((jnp.dtype(d) for d in dtypes), key=lambda d: d.itemsize)
+    ds = [jnp.dtype(d) for d in dtypes]
+    floats = [d for d in ds if jnp.issubdtype(d, jnp.inexact)]
+    if not floats:
+        return functools.reduce(np.promote_types, ds)
+    widest = max(floats, key=lambda d: d.itemsize)
+    if any(d.itemsize == widest.itemsize and d != widest for d in floats):
+        # Two different formats of one width (bf16, f16): neither holds the other.
+        return jnp.dtype(jnp.float32) if widest.itemsize < 4 else widest
+    return widest
 
 
 def tree_zeros_like(tree: ArrayTree, dtype: Any = None) -> ArrayTree:

@@ -25,7 +25,7 @@ def _as_float(name: str, value: Any) -> float | None:
             return None
         raise TypeError(f"{name} must be a real number, got {value!r}")
     arr = np.asarray(value)
-    if arr.ndim != 0 or not np.issubdtype(arr.dtype, np.number):
+    if arr.ndim != 0 or not jnp.issubdtype(arr.dtype, jnp.number):
         raise TypeError(f"{name} must be a real scalar, got {value!r}")
     if np.iscomplexobj(arr):
         raise TypeError(f"{name} must be a real number, got {value!r}")

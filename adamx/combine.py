@@ -7,12 +7,12 @@ own transformation; ``masked`` applies a transformation to a subset of leaves.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from adamx.base import (
     GradientTransformation,
@@ -43,7 +43,6 @@ def check_transformation(name: str, tx: Any) -> None:
         )
 
 
-@functools.lru_cache(maxsize=1024)
 def _takes_extra_args(update: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(update).parameters.values()
@@ -178,13 +177,14 @@ class MaskedState(NamedTuple):
 
 
 def _check_mask_leaf(m: Any) -> bool:
-    if isinstance(m, bool) or (hasattr(m, "dtype") and getattr(m, "shape", None) == ()):
-        try:
-            return bool(m)
-        except jax.errors.ConcretizationTypeError as e:
-            raise TypeError(
-                "mask leaves must be Python bools, not traced values"
-            ) from e
+    if isinstance(m, jax.core.Tracer):
+        raise TypeError("mask leaves must be Python bools, not traced values")
+    dtype = getattr(m, "dtype", None)
+    is_bool_scalar = (
+        getattr(m, "shape", None) == () and np.dtype(dtype or object) == bool
+    )
+    if isinstance(m, (bool, np.bool_)) or is_bool_scalar:
+        return bool(m)
     raise TypeError(f"mask leaves must be bools, got {m!r} of type {type(m).__name__}")
 
 

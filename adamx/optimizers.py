@@ -56,6 +56,12 @@ __all__ = [
 MaskOrFn = Any | Callable[[Any], Any] | None
 
 
+def _scale_by_required_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """The last stage of an optimizer whose learning rate is not optional."""
+    checks.check_scalar_or_schedule("learning_rate", learning_rate)
+    return scale_by_learning_rate(learning_rate)
+
+
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -106,7 +112,7 @@ def adam(
         scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
         ),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -220,7 +226,7 @@ def adamw(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
         ),
         add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -333,7 +339,7 @@ def amsgrad(
         scale_by_amsgrad(
             b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu
         ),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -370,7 +376,7 @@ def adamax(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
     """
-    return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return chain(scale_by_adamax(b1, b2, eps), _scale_by_required_rate(learning_rate))
 
 
 def adamaxw(
@@ -413,7 +419,7 @@ def adamaxw(
     return chain(
         scale_by_adamax(b1, b2, eps),
         add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -461,7 +467,7 @@ def radam(
     """
     return chain(
         scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -506,7 +512,7 @@ def adabelief(
     """
     return chain(
         scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -555,7 +561,7 @@ def lamb(
         scale_by_adam(b1, b2, eps, eps_root),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -600,7 +606,7 @@ def lion(
     return chain(
         scale_by_lion(b1, b2, mu_dtype),
         add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
     )
 
 
@@ -642,12 +648,14 @@ def sgd(
     checks.check_bool("nesterov", nesterov)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None")
+    if momentum is not None:
+        checks.check_nonnegative("momentum", momentum)
     stage = (
         identity()
         if momentum is None
         else trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
     )
-    return chain(stage, scale_by_learning_rate(learning_rate))
+    return chain(stage, _scale_by_required_rate(learning_rate))
 
 
 def rmsprop(
@@ -699,10 +707,12 @@ def rmsprop(
     checks.check_bool("nesterov", nesterov)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None")
+    if momentum is not None:
+        checks.check_nonnegative("momentum", momentum)
     scaler = scale_by_stddev if centered else scale_by_rms
     return chain(
         scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
-        scale_by_learning_rate(learning_rate),
+        _scale_by_required_rate(learning_rate),
         identity() if momentum is None else trace(momentum, nesterov=nesterov),
     )
 
@@ -760,6 +770,8 @@ def adafactor(
     if clipping_threshold is not None:
         checks.check_range("clipping_threshold", clipping_threshold, 1.0)
     checks.check_bool("multiply_by_parameter_scale", multiply_by_parameter_scale)
+    if momentum is not None:
+        checks.check_decay("momentum", momentum)
     stages = [
         scale_by_factored_rms(
             factored, decay_rate, decay_offset, min_dim_size_to_factor, eps
@@ -767,10 +779,14 @@ def adafactor(
     ]
     if clipping_threshold is not None:
         stages.append(clip_by_block_rms(clipping_threshold))
-    if learning_rate is not None:
-        stages.append(scale_by_learning_rate(learning_rate, flip_sign=False))
     if multiply_by_parameter_scale:
         stages.append(scale_by_param_block_rms())
+    # The learning rate comes after the parameter scale (Optax has them the other
+    # way round; the product is the same): XLA reorders products with constant
+    # factors, and this order keeps a Python-float rate and an injected one
+    # bitwise equal.
+    if learning_rate is not None:
+        stages.append(scale_by_learning_rate(learning_rate, flip_sign=False))
     if momentum is not None:
         stages.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
     if weight_decay_rate is not None:

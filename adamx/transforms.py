@@ -14,6 +14,7 @@ zero gradients give zero updates, not NaN.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import jax
@@ -250,7 +251,9 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 class ScaleByLearningRateState(NamedTuple):
     """State of :func:`scale_by_learning_rate`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    # Not named "count", so that Optax's tree_get(state, "count") still finds
+    # the one step counter of an Adam state.
+    step: jax.Array  # shape=(), int32: steps taken so far
     learning_rate: jax.Array  # shape=(), float32: the rate used at the last step
 
 
@@ -299,12 +302,12 @@ def scale_by_learning_rate(
         del params
         count = jnp.zeros([], jnp.int32)
         return ScaleByLearningRateState(
-            count=count, learning_rate=jnp.asarray(rate(count), jnp.float32)
+            step=count, learning_rate=jnp.asarray(rate(count), jnp.float32)
         )
 
     def update_fn(updates, state, params=None):
         del params
-        lr = rate(state.count)
+        lr = rate(state.step)
         if is_schedule:
             step = sign * lr
             updates = jax.tree.map(
@@ -316,7 +319,7 @@ def scale_by_learning_rate(
             step = sign * learning_rate
             updates = jax.tree.map(lambda g: step * g, updates)
         return updates, ScaleByLearningRateState(
-            count=safe_increment(state.count),
+            step=safe_increment(state.step),
             learning_rate=jnp.asarray(lr, jnp.float32),
         )
 
@@ -374,14 +377,15 @@ def trace(
     def update_fn(updates, state, params=None):
         del params
         _check_state_tree(updates, state.trace, "state.trace")
+        hp = _Hyper(decay=decay)
 
         def leaf(g, t):
             ct = wider_dtype(g.dtype, t.dtype)
             g_ = g.astype(ct)
             # decay * t in the accumulator's own dtype, as Optax does, so a
             # float32 buffer under float64 params gives Optax's numbers.
-            new_t = g_ + (decay * t).astype(ct)
-            u = g_ + decay * new_t if nesterov else new_t
+            new_t = g_ + (hp(t.dtype).decay * t).astype(ct)
+            u = g_ + hp(ct).decay * new_t if nesterov else new_t
             return u.astype(g.dtype), new_t
 
         updates, new_trace = _leafwise(leaf, 2, updates, state.trace)
@@ -438,12 +442,14 @@ def ema(
         del params
         _check_state_tree(updates, state.ema, "state.ema")
         count = safe_increment(state.count)
+        hp = _Hyper(decay=decay)
 
         def leaf(g, t):
             ct = wider_dtype(g.dtype, t.dtype)
+            d = hp(ct).decay
             # decay * t in the accumulator's own dtype, as in trace().
-            new_t = (1 - decay) * g.astype(ct) + (decay * t).astype(ct)
-            u = _debias(new_t, decay, count) if debias else new_t
+            new_t = (1 - d) * g.astype(ct) + (hp(t.dtype).decay * t).astype(ct)
+            u = _debias(new_t, d, count) if debias else new_t
             return u.astype(g.dtype), new_t
 
         updates, new_ema = _leafwise(leaf, 2, updates, state.ema)
@@ -455,20 +461,48 @@ def ema(
 # ----------------------------------------------------------- Adam family
 
 
-def _moment1(g: jax.Array, m: jax.Array, decay: Any) -> jax.Array:
-    return (1 - decay) * g + decay * m
+class _Hyper:
+    """Hyperparameters as arrays of a computation's dtype, made once per update.
+
+    Arithmetic on hyperparameters (``1 - b1``, ``b1 ** t``) then happens in that
+    dtype whether a value is a Python float or an array held in the state by
+    :func:`adamx.inject_hyperparams`, so both give bitwise the same updates.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+        self._by_dtype: dict[Any, SimpleNamespace] = {}
+
+    def __call__(self, dtype: Any) -> SimpleNamespace:
+        key = jnp.dtype(dtype)
+        if key not in self._by_dtype:
+            names = list(self._values)
+            arrays = tuple(jnp.asarray(self._values[n]).astype(key) for n in names)
+            self._by_dtype[key] = SimpleNamespace(
+                **dict(zip(names, arrays, strict=True))
+            )
+        return self._by_dtype[key]
 
 
-def _moment2(g: jax.Array, v: jax.Array, decay: Any) -> jax.Array:
-    return (1 - decay) * g**2 + decay * v
+def _moment1(g: jax.Array, m: jax.Array, d: jax.Array) -> jax.Array:
+    return (1 - d) * g + d * m
 
 
-def _debias(x: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
-    return x / (1 - decay ** _as_float(count)).astype(x.dtype)
+def _moment2(g: jax.Array, v: jax.Array, d: jax.Array) -> jax.Array:
+    return (1 - d) * g**2 + d * v
+
+
+def _debias(x: jax.Array, d: jax.Array, count: jax.Array) -> jax.Array:
+    return x / (1 - d ** _as_float(count).astype(x.dtype))
 
 
 def _first_moment_estimate(
-    m: jax.Array, g: jax.Array, b1: Any, count: jax.Array, nesterov: bool, debias: bool
+    m: jax.Array,
+    g: jax.Array,
+    b1: jax.Array,
+    count: jax.Array,
+    nesterov: bool,
+    debias: bool,
 ) -> jax.Array:
     """Adam's :math:`\\hat m_t`, plain or in Dozat's Nesterov form."""
     if nesterov:
@@ -542,7 +576,7 @@ def scale_by_adam(
         >>> import adamx
         >>> tx = adamx.scale_by_adam()
         >>> tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))[0]
-        Array([ 0.9999934, -0.9999934], dtype=float32)
+        Array([ 1., -1.], dtype=float32)
     """
     _check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("nesterov", nesterov)
@@ -562,15 +596,17 @@ def scale_by_adam(
         del params
         _check_state_tree(updates, state.mu, "state.mu")
         count = safe_increment(state.count)
+        hp = _Hyper(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), b1)
-            v = _moment2(g32, v.astype(ct), b2)
-            m_hat = _first_moment_estimate(m, g32, b1, count, nesterov, debias)
-            v_hat = _debias(v, b2, count) if debias else v
-            u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+            m = _moment1(g32, m.astype(ct), h.b1)
+            v = _moment2(g32, v.astype(ct), h.b2)
+            m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, debias)
+            v_hat = _debias(v, h.b2, count) if debias else v
+            u = m_hat / (jnp.sqrt(v_hat + h.eps_root) + h.eps)
             return u.astype(g.dtype), m, v
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
@@ -637,7 +673,7 @@ def scale_by_amsgrad(
         >>> import adamx
         >>> tx = adamx.scale_by_amsgrad()
         >>> tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))[0]
-        Array([ 0.9999934, -0.9999934], dtype=float32)
+        Array([ 1., -1.], dtype=float32)
     """
     _check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("bias_correction_mu", bias_correction_mu)
@@ -657,15 +693,18 @@ def scale_by_amsgrad(
         _check_state_tree(updates, state.mu, "state.mu")
         count = safe_increment(state.count)
 
+        hp = _Hyper(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
         def leaf(g, m, v, v_max):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), b1)
-            v = _moment2(g32, v.astype(ct), b2)
-            m_hat = _debias(m, b1, count) if bias_correction_mu else m
-            v_eff = _debias(v, b2, count) if bias_correction_nu else v
+            m = _moment1(g32, m.astype(ct), h.b1)
+            v = _moment2(g32, v.astype(ct), h.b2)
+            m_hat = _debias(m, h.b1, count) if bias_correction_mu else m
+            v_eff = _debias(v, h.b2, count) if bias_correction_nu else v
             v_max = jnp.maximum(v_max.astype(ct), v_eff)
-            u = m_hat / (jnp.sqrt(v_max + eps_root) + eps)
+            u = m_hat / (jnp.sqrt(v_max + h.eps_root) + h.eps)
             return u.astype(g.dtype), m, v, v_max
 
         updates, mu, nu, nu_max = _leafwise(
@@ -713,7 +752,7 @@ def scale_by_adamax(
         >>> import adamx
         >>> tx = adamx.scale_by_adamax()
         >>> tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))[0]
-        Array([ 0.9999998, -0.9999998], dtype=float32)
+        Array([ 1., -1.], dtype=float32)
     """
     _check_adam_args(b1, b2, eps, 0.0)
 
@@ -729,12 +768,15 @@ def scale_by_adamax(
         _check_state_tree(updates, state.mu, "state.mu")
         count = safe_increment(state.count)
 
+        hp = _Hyper(b1=b1, b2=b2, eps=eps)
+
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), b1)
-            v = jnp.maximum(jnp.abs(g32) + eps, b2 * v.astype(ct))
-            return (_debias(m, b1, count) / v).astype(g.dtype), m, v
+            m = _moment1(g32, m.astype(ct), h.b1)
+            v = jnp.maximum(jnp.abs(g32) + h.eps, h.b2 * v.astype(ct))
+            return (_debias(m, h.b1, count) / v).astype(g.dtype), m, v
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(
@@ -787,12 +829,11 @@ def scale_by_radam(
         >>> import adamx
         >>> tx = adamx.scale_by_radam()
         >>> tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))[0]
-        Array([ 0.9999998, -1.9999996], dtype=float32)
+        Array([ 1., -2.], dtype=float32)
     """
     _check_adam_args(b1, b2, eps, eps_root)
     checks.check_range("threshold", threshold, 4.0, np.inf, low_open=True)
     checks.check_bool("nesterov", nesterov)
-    ro_inf = 2.0 / (1.0 - b2) - 1.0
 
     def init_fn(params):
         return ScaleByAdamState(
@@ -806,7 +847,10 @@ def scale_by_radam(
         _check_state_tree(updates, state.mu, "state.mu")
         count = safe_increment(state.count)
         t = _as_float(count)
-        b2t = b2**t
+        hp = _Hyper(b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold)
+        b2_ = hp(t.dtype).b2
+        ro_inf = 2.0 / (1.0 - b2_) - 1.0
+        b2t = b2_**t
         ro = ro_inf - 2 * t * b2t / (1 - b2t)
         # Clamped so the square root is finite on the branch that jnp.where drops.
         ro_safe = jnp.maximum(ro, 4.0 + 1e-3)
@@ -819,13 +863,14 @@ def scale_by_radam(
 
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), b1)
-            v = _moment2(g32, v.astype(ct), b2)
-            m_hat = _first_moment_estimate(m, g32, b1, count, nesterov, True)
-            v_hat = _debias(v, b2, count)
-            rectified = r.astype(ct) * m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
-            u = jnp.where(ro >= threshold, rectified, m_hat)
+            m = _moment1(g32, m.astype(ct), h.b1)
+            v = _moment2(g32, v.astype(ct), h.b2)
+            m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
+            v_hat = _debias(v, h.b2, count)
+            rectified = r.astype(ct) * m_hat / (jnp.sqrt(v_hat + h.eps_root) + h.eps)
+            u = jnp.where(ro >= hp(t.dtype).threshold, rectified, m_hat)
             return u.astype(g.dtype), m, v
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
@@ -877,7 +922,7 @@ def scale_by_belief(
         >>> import adamx
         >>> tx = adamx.scale_by_belief()
         >>> tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))[0]
-        Array([ 1.1111038, -1.1111038], dtype=float32)
+        Array([ 1.1111112, -1.1111112], dtype=float32)
     """
     _check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("nesterov", nesterov)
@@ -894,13 +939,16 @@ def scale_by_belief(
         _check_state_tree(updates, state.mu, "state.mu")
         count = safe_increment(state.count)
 
+        hp = _Hyper(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
         def leaf(g, m, s):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), b1)
-            s = _moment2(g32 - m, s.astype(ct), b2) + eps_root
-            m_hat = _first_moment_estimate(m, g32, b1, count, nesterov, True)
-            u = m_hat / (jnp.sqrt(_debias(s, b2, count)) + eps)
+            m = _moment1(g32, m.astype(ct), h.b1)
+            s = _moment2(g32 - m, s.astype(ct), h.b2) + h.eps_root
+            m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
+            u = m_hat / (jnp.sqrt(_debias(s, h.b2, count)) + h.eps)
             return u.astype(g.dtype), m, s
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
@@ -958,9 +1006,14 @@ def scale_by_lion(
         del params
         _check_state_tree(updates, state.mu, "state.mu")
 
+        hp = _Hyper(b1=b1, b2=b2)
+
         def leaf(g, m):
-            u = jnp.sign((1.0 - b1) * g + b1 * m)
-            return u.astype(g.dtype), _moment1(g, m, b2)
+            ct = wider_dtype(g.dtype, m.dtype)
+            h = hp(ct)
+            g_, m_ = g.astype(ct), m.astype(ct)
+            u = jnp.sign((1.0 - h.b1) * g_ + h.b1 * m_)
+            return u.astype(g.dtype), _moment1(g_, m_, h.b2)
 
         updates, mu = _leafwise(leaf, 2, updates, state.mu)
         return updates, ScaleByLionState(
@@ -1029,15 +1082,18 @@ def scale_by_rms(
         _check_state_tree(updates, state.nu, "state.nu")
         count = safe_increment(state.count)
 
+        hp = _Hyper(decay=decay, eps=eps)
+
         def leaf(g, v):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            v = _moment2(g32, v.astype(ct), decay)
-            v_hat = _debias(v, decay, count) if bias_correction else v
+            v = _moment2(g32, v.astype(ct), h.decay)
+            v_hat = _debias(v, h.decay, count) if bias_correction else v
             if eps_in_sqrt:
-                u = jax.lax.rsqrt(v_hat + eps) * g32
+                u = jax.lax.rsqrt(v_hat + h.eps) * g32
             else:
-                u = 1 / (jnp.sqrt(v_hat) + eps) * g32
+                u = 1 / (jnp.sqrt(v_hat) + h.eps) * g32
             return u.astype(g.dtype), v
 
         updates, nu = _leafwise(leaf, 2, updates, state.nu)
@@ -1106,18 +1162,21 @@ def scale_by_stddev(
         _check_state_tree(updates, state.nu, "state.nu")
         count = safe_increment(state.count)
 
+        hp = _Hyper(decay=decay, eps=eps)
+
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
+            h = hp(ct)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), decay)
-            v = _moment2(g32, v.astype(ct), decay)
-            m_hat = _debias(m, decay, count) if bias_correction else m
-            v_hat = _debias(v, decay, count) if bias_correction else v
+            m = _moment1(g32, m.astype(ct), h.decay)
+            v = _moment2(g32, v.astype(ct), h.decay)
+            m_hat = _debias(m, h.decay, count) if bias_correction else m
+            v_hat = _debias(v, h.decay, count) if bias_correction else v
             var = v_hat - m_hat**2
             if eps_in_sqrt:
-                u = jax.lax.rsqrt(var + eps) * g32
+                u = jax.lax.rsqrt(var + h.eps) * g32
             else:
-                u = 1 / (jnp.sqrt(var) + eps) * g32
+                u = 1 / (jnp.sqrt(var) + h.eps) * g32
             return u.astype(g.dtype), m, v
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
@@ -1167,6 +1226,7 @@ def scale_by_trust_ratio(
 
     def update_fn(updates, state, params=None):
         require_params("scale_by_trust_ratio", params)
+        _check_state_tree(updates, params, "params")
 
         def leaf(u, p):
             p_norm = _safe_norm(p, min_norm)
@@ -1207,6 +1267,7 @@ def scale_by_param_block_rms(
 
     def update_fn(updates, state, params=None):
         require_params("scale_by_param_block_rms", params)
+        _check_state_tree(updates, params, "params")
         updates = jax.tree.map(
             lambda u, p: u * _safe_rms(p, min_scale), updates, params
         )
