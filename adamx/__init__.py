@@ -16,8 +16,10 @@ from adamx.base import (
     Schedule,
     Updates,
     apply_updates,
+    elementwise,
     identity,
     init_empty_state,
+    is_elementwise,
     set_to_zero,
     tree_zeros_like,
 )
@@ -30,6 +32,7 @@ from adamx.combine import (
     named_chain,
     partition,
 )
+from adamx.fused import FlatParams, fused, ravel
 from adamx.optimizers import (
     adabelief,
     adafactor,
@@ -116,7 +119,6 @@ from adamx.wrappers import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "checkpoint",
     "AddDecayedWeightsState",
     "ApplyIfFiniteState",
     "ArrayTree",
@@ -124,6 +126,7 @@ __all__ = [
     "EmaState",
     "EmptyState",
     "FactoredState",
+    "FlatParams",
     "GradientTransformation",
     "InjectHyperparamsState",
     "MaskedNode",
@@ -158,6 +161,7 @@ __all__ = [
     "apply_updates",
     "bias_correction",
     "chain",
+    "checkpoint",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
@@ -165,13 +169,16 @@ __all__ = [
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
     "dynamic_loss_scaling",
+    "elementwise",
     "ema",
     "exponential_decay",
+    "fused",
     "get_learning_rate",
     "global_norm",
     "identity",
     "init_empty_state",
     "inject_hyperparams",
+    "is_elementwise",
     "join_schedules",
     "lamb",
     "linear_onecycle_schedule",
@@ -188,6 +195,7 @@ __all__ = [
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
     "radam",
+    "ravel",
     "rmsprop",
     "scale",
     "scale_by_adam",

@@ -30,7 +30,9 @@ __all__ = [
     "ScalarOrSchedule",
     "Updates",
     "apply_updates",
+    "elementwise",
     "identity",
+    "is_elementwise",
     "init_empty_state",
     "set_to_zero",
     "tree_zeros_like",
@@ -132,7 +134,7 @@ def identity() -> GradientTransformation:
         del params, extra_args
         return updates, state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def set_to_zero() -> GradientTransformation:
@@ -155,7 +157,51 @@ def set_to_zero() -> GradientTransformation:
         del params, extra_args
         return jax.tree.map(jnp.zeros_like, updates), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(GradientTransformation(init_empty_state, update_fn))
+
+
+_ELEMENTWISE = "__adamx_elementwise__"
+
+
+def elementwise(tx: GradientTransformation) -> GradientTransformation:
+    """Mark ``tx`` as acting element by element, apart from global reductions.
+
+    Such a transformation gives the same result on a tree and on the same
+    numbers laid out in one flat buffer, so :func:`adamx.fused` accepts it.
+    Per-leaf transformations (trust ratios, factored moments, masks) are not.
+
+    Args:
+        tx: a transformation whose ``update`` is a function defined for it.
+
+    Returns:
+        ``tx`` itself.
+
+    Example:
+        >>> import adamx
+        >>> adamx.is_elementwise(adamx.elementwise(adamx.identity()))
+        True
+    """
+    setattr(tx.update, _ELEMENTWISE, True)
+    return tx
+
+
+def is_elementwise(tx: Any) -> bool:
+    """Whether ``tx`` was marked with :func:`elementwise`.
+
+    Args:
+        tx: a transformation.
+
+    Returns:
+        True for adamx's element-wise transformations and chains of them.
+
+    Example:
+        >>> import adamx
+        >>> adamx.is_elementwise(adamx.adam(1e-3))
+        True
+        >>> adamx.is_elementwise(adamx.lamb(1e-3))
+        False
+    """
+    return bool(getattr(getattr(tx, "update", None), _ELEMENTWISE, False))
 
 
 def _is_none(x: Any) -> bool:

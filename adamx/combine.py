@@ -19,6 +19,8 @@ from adamx.base import (
     OptState,
     Params,
     Updates,
+    elementwise,
+    is_elementwise,
 )
 
 __all__ = [
@@ -109,7 +111,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return updates, tuple(new_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    tx = GradientTransformation(init_fn, update_fn)
+    return elementwise(tx) if all(map(is_elementwise, transforms)) else tx
 
 
 def named_chain(
@@ -159,7 +162,9 @@ def named_chain(
             )
         return updates, new_state
 
-    return GradientTransformation(init_fn, update_fn)
+    tx = GradientTransformation(init_fn, update_fn)
+    stages = [t for _, t in transforms]
+    return elementwise(tx) if all(map(is_elementwise, stages)) else tx
 
 
 class MaskedNode(NamedTuple):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from adamx import checks
 from adamx.base import GradientTransformation, ScalarOrSchedule, identity
 from adamx.combine import chain
+from adamx.fused import fused_or_plain
 from adamx.transforms import (
     add_decayed_weights,
     clip_by_block_rms,
@@ -72,6 +73,7 @@ def adam(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
+    fused: bool = False,
 ) -> GradientTransformation:
     r"""Adam (Kingma & Ba, 2014).
 
@@ -95,6 +97,8 @@ def adam(
         mu_dtype: dtype of the first moment; ``None`` uses the params' dtype.
         nesterov: use Nesterov momentum (this is then :func:`nadam`).
         nu_dtype: dtype of the second moment; ``None`` uses the params' dtype.
+        fused: wrap in :func:`adamx.fused` (one pass per buffer on
+            :class:`adamx.FlatParams`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -108,12 +112,13 @@ def adam(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
     """
-    return chain(
+    tx = chain(
         scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
         ),
         _scale_by_required_rate(learning_rate),
     )
+    return fused_or_plain(tx, fused)
 
 
 def nadam(
@@ -126,6 +131,7 @@ def nadam(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
+    fused: bool = False,
 ) -> GradientTransformation:
     r"""NAdam: Adam with Nesterov momentum (Dozat, 2016).
 
@@ -148,6 +154,7 @@ def nadam(
         mu_dtype: dtype of the first moment.
         nesterov: kept for Optax compatibility; False gives plain :func:`adam`.
         nu_dtype: dtype of the second moment.
+        fused: wrap in :func:`adamx.fused`.
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -170,6 +177,7 @@ def nadam(
         mu_dtype,
         nesterov=nesterov,
         nu_dtype=nu_dtype,
+        fused=fused,
     )
 
 
@@ -185,6 +193,7 @@ def adamw(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
+    fused: bool = False,
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
@@ -208,6 +217,7 @@ def adamw(
             params returning one; ``None`` decays all.
         nesterov: use Nesterov momentum (this is then :func:`nadamw`).
         nu_dtype: dtype of the second moment.
+        fused: wrap in :func:`adamx.fused`.
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -221,13 +231,14 @@ def adamw(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.84999996 -2.        ]
     """
-    return chain(
+    tx = chain(
         scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
         ),
         add_decayed_weights(weight_decay, mask),
         _scale_by_required_rate(learning_rate),
     )
+    return fused_or_plain(tx, fused)
 
 
 def nadamw(
@@ -242,6 +253,7 @@ def nadamw(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
+    fused: bool = False,
 ) -> GradientTransformation:
     r"""NAdamW: :func:`nadam` with decoupled weight decay.
 
@@ -264,6 +276,7 @@ def nadamw(
         mask: which params to decay.
         nesterov: kept for Optax compatibility; False gives :func:`adamw`.
         nu_dtype: dtype of the second moment.
+        fused: wrap in :func:`adamx.fused`.
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -288,6 +301,7 @@ def nadamw(
         mask,
         nesterov=nesterov,
         nu_dtype=nu_dtype,
+        fused=fused,
     )
 
 

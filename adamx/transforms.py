@@ -28,6 +28,7 @@ from adamx.base import (
     ScalarOrSchedule,
     Schedule,
     check_same_structure,
+    elementwise,
     identity,
     init_empty_state,
     require_params,
@@ -197,7 +198,7 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
         del params
         return jax.tree.map(lambda g: step_size * g, updates), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -245,7 +246,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         )
         return updates, ScaleByScheduleState(count=safe_increment(state.count))
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -323,7 +324,7 @@ def scale_by_learning_rate(
             learning_rate=jnp.asarray(lr, jnp.float32),
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 # -------------------------------------------------------------- momentum
@@ -391,7 +392,7 @@ def trace(
         updates, new_trace = _leafwise(leaf, 2, updates, state.trace)
         return updates, TraceState(trace=tree_cast(new_trace, accumulator_dtype))
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 class EmaState(NamedTuple):
@@ -455,7 +456,7 @@ def ema(
         updates, new_ema = _leafwise(leaf, 2, updates, state.ema)
         return updates, EmaState(count=count, ema=_store_like(new_ema, state.ema))
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 # ----------------------------------------------------------- Adam family
@@ -614,7 +615,7 @@ def scale_by_adam(
         nu = _store_like(nu, state.nu)
         return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def _store_like(tree: Any, like: Any) -> Any:
@@ -717,7 +718,7 @@ def scale_by_amsgrad(
             nu_max=_store_like(nu_max, state.nu_max),
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def scale_by_adamax(
@@ -783,7 +784,7 @@ def scale_by_adamax(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 def scale_by_radam(
@@ -878,7 +879,7 @@ def scale_by_radam(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 class ScaleByBeliefState(NamedTuple):
@@ -956,7 +957,7 @@ def scale_by_belief(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 class ScaleByLionState(NamedTuple):
@@ -1020,7 +1021,7 @@ def scale_by_lion(
             count=safe_increment(state.count), mu=_store_like(mu, state.mu)
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 class ScaleByRmsState(NamedTuple):
@@ -1099,7 +1100,7 @@ def scale_by_rms(
         updates, nu = _leafwise(leaf, 2, updates, state.nu)
         return updates, ScaleByRmsState(count=count, nu=_store_like(nu, state.nu))
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 class ScaleByStddevState(NamedTuple):
@@ -1184,7 +1185,7 @@ def scale_by_stddev(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return elementwise(GradientTransformation(init_fn, update_fn))
 
 
 # ------------------------------------------------------------ layer-wise
@@ -1480,7 +1481,7 @@ def add_decayed_weights(
 
         return jax.tree.map(leaf, updates, params), new_state
 
-    tx = GradientTransformation(init_fn, update_fn)
+    tx = elementwise(GradientTransformation(init_fn, update_fn))
     return tx if mask is None else masked(tx, mask)
 
 
@@ -1513,7 +1514,7 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
             lambda g: jnp.clip(g, -max_delta, max_delta), updates
         ), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformation:
@@ -1549,7 +1550,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
 
         return jax.tree.map(leaf, updates), state
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(GradientTransformation(init_empty_state, update_fn))
 
 
 def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:

@@ -21,6 +21,8 @@ from adamx import checks
 from adamx.base import (
     GradientTransformation,
     OptState,
+    elementwise,
+    is_elementwise,
     safe_increment,
     tree_zeros_like,
 )
@@ -42,6 +44,11 @@ __all__ = [
     "monitor",
     "set_hyperparams",
 ]
+
+
+def _like(inner: Any, wrapper: GradientTransformation) -> GradientTransformation:
+    """Mark ``wrapper`` element-wise when the transformation it wraps is."""
+    return elementwise(wrapper) if is_elementwise(inner) else wrapper
 
 
 def _tree_all_finite(tree: Any) -> jax.Array:
@@ -163,7 +170,7 @@ def inject_hyperparams(
                 f"{factory.__name__} does not take"
             )
         # Build once with the given values: this validates them at construction.
-        factory(**values)
+        built = factory(**values)
         schedules, numeric, static = {}, {}, {}
         for name, value in values.items():
             param = signature.parameters.get(name)
@@ -217,7 +224,7 @@ def inject_hyperparams(
                 inner_state=inner_state,
             )
 
-        return GradientTransformation(init_fn, update_fn)
+        return _like(built, GradientTransformation(init_fn, update_fn))
 
     wrapped.__name__ = getattr(factory, "__name__", "wrapped")
     wrapped.__doc__ = factory.__doc__
@@ -421,7 +428,7 @@ def apply_if_finite(
             inner_state=inner_state,
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return _like(inner, GradientTransformation(init_fn, update_fn))
 
 
 class DynamicLossScaleState(NamedTuple):
@@ -544,7 +551,7 @@ def dynamic_loss_scaling(
             inner_state=inner_state,
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return _like(inner, GradientTransformation(init_fn, update_fn))
 
 
 def loss_scale(state: OptState) -> jax.Array:
@@ -694,7 +701,11 @@ class MultiSteps:
 
     def gradient_transformation(self) -> GradientTransformation:
         """This accumulator as a plain :class:`~adamx.GradientTransformation`."""
-        return GradientTransformation(self.init, self.update)
+
+        def update_fn(updates, state, params=None, **extra_args):
+            return self.update(updates, state, params, **extra_args)
+
+        return _like(self._opt, GradientTransformation(self.init, update_fn))
 
 
 # ------------------------------------------------------------------ monitoring
@@ -758,4 +769,4 @@ def monitor(inner: GradientTransformation) -> GradientTransformation:
             inner_state=inner_state,
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return _like(inner, GradientTransformation(init_fn, update_fn))

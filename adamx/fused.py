@@ -1,0 +1,211 @@
+r"""A flat parameter layout, and the fused optimizer step that runs on it.
+
+An optimizer over a tree of :math:`L` leaves runs at least one kernel per leaf;
+with many small leaves the per-kernel overhead, not memory traffic, sets the
+step time. :class:`FlatParams` keeps all leaves of one dtype in a single 1-D
+buffer, so an element-wise optimizer reads and writes each buffer in one pass.
+The training step unravels the buffer into the familiar tree inside the loss::
+
+    flat = adamx.ravel(params)                 # once, before training
+    tx = adamx.adam(1e-3, fused=True)
+    opt_state = tx.init(flat)
+
+    def loss_fn(flat, batch):
+        return model_loss(flat.unravel(), batch)   # slices of the buffer
+
+    grads = jax.grad(loss_fn)(flat, batch)         # a FlatParams too
+    updates, opt_state = tx.update(grads, opt_state, flat)
+    flat = adamx.apply_updates(flat, updates)
+
+Concatenating a tree into buffers and splitting the result back on every step
+is no substitute: measured on CPU it costs more than it saves once leaves are
+larger than a few thousand elements (see ``docs/performance.md``). So
+:func:`fused` runs a plain tree leaf by leaf, as the unfused chain would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamx.base import GradientTransformation, elementwise, is_elementwise
+from adamx.combine import call_update, check_transformation
+
+__all__ = ["FlatParams", "fused", "ravel"]
+
+
+class _Slot(NamedTuple):
+    buffer: str  # name of the dtype's buffer
+    offset: int  # first element of the leaf in its buffer
+    shape: tuple[int, ...]
+
+
+class _Layout(NamedTuple):
+    treedef: Any  # jax.tree_util.PyTreeDef of the original tree
+    slots: tuple[_Slot, ...]  # one per leaf, in treedef order
+    sizes: tuple[tuple[str, int], ...]  # (buffer name, number of elements)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class FlatParams:
+    """A tree stored as one 1-D buffer per dtype; a pytree whose leaves are the buffers.
+
+    Build one with :func:`ravel`; get the tree back with :meth:`unravel`. The
+    gradient of a function of a ``FlatParams`` is a ``FlatParams`` with the same
+    layout, and ``adamx.apply_updates`` adds two of them buffer by buffer.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> flat = adamx.ravel({"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
+        >>> flat.buffers["float32"]
+        Array([0., 0., 1., 1., 1., 1.], dtype=float32)
+        >>> flat.unravel()["w"].shape
+        (2, 2)
+    """
+
+    def __init__(self, buffers: dict[str, Any], layout: _Layout) -> None:
+        self.buffers = buffers
+        self.layout = layout
+
+    def tree_flatten_with_keys(self):
+        names = [name for name, _ in self.layout.sizes]
+        children = [(jax.tree_util.DictKey(n), self.buffers[n]) for n in names]
+        return children, self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout: _Layout, children: Any) -> FlatParams:
+        names = [name for name, _ in layout.sizes]
+        return cls(dict(zip(names, children, strict=True)), layout)
+
+    def unravel(self) -> Any:
+        """The tree this layout was made from, its leaves sliced out of the buffers.
+
+        Returns:
+            A tree with the original structure, shapes and dtypes.
+        """
+        leaves = []
+        for slot in self.layout.slots:
+            size = int(np.prod(slot.shape, dtype=np.int64))
+            buf = self.buffers[slot.buffer]
+            leaves.append(buf[slot.offset : slot.offset + size].reshape(slot.shape))
+        return jax.tree.unflatten(self.layout.treedef, leaves)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{name}[{n}]" for name, n in self.layout.sizes)
+        return f"FlatParams({len(self.layout.slots)} leaves in {sizes})"
+
+
+def _check_not_sharded(tree: Any) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(leaf, jax.core.Tracer) or sharding is None:
+            continue
+        if len(sharding.device_set) > 1 and not sharding.is_fully_replicated:
+            raise ValueError(
+                "a flat layout cannot hold sharded params: leaf "
+                f"{jax.tree_util.keystr(path)} is sharded as {sharding}. Keep the "
+                "tree layout (and use adamx.sharded for sharded optimizer state)."
+            )
+
+
+def ravel(tree: Any) -> FlatParams:
+    """Lay a tree out as one 1-D buffer per dtype.
+
+    Leaves of each dtype are concatenated in tree order. Sharded leaves are
+    refused with a ``ValueError``: one buffer cannot keep their shardings.
+
+    Args:
+        tree: a tree of arrays (``None`` leaves are kept in the structure).
+
+    Returns:
+        A :class:`FlatParams`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> adamx.ravel([jnp.ones(3), jnp.ones(2, jnp.bfloat16)])
+        FlatParams(2 leaves in bfloat16[2], float32[3])
+    """
+    if isinstance(tree, FlatParams):
+        return tree
+    _check_not_sharded(tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    leaves = [jnp.asarray(x) for x in leaves]
+    offsets: dict[str, int] = {}
+    parts: dict[str, list] = {}
+    slots = []
+    for leaf in leaves:
+        name = jnp.dtype(leaf.dtype).name
+        offset = offsets.get(name, 0)
+        slots.append(_Slot(name, offset, tuple(leaf.shape)))
+        offsets[name] = offset + leaf.size
+        parts.setdefault(name, []).append(leaf.reshape(-1))
+    names = sorted(parts)
+    buffers = {
+        n: jnp.concatenate(parts[n]) if parts[n] else jnp.zeros(0) for n in names
+    }
+    layout = _Layout(treedef, tuple(slots), tuple((n, offsets[n]) for n in names))
+    return FlatParams(buffers, layout)
+
+
+def fused(tx: GradientTransformation) -> GradientTransformation:
+    r"""Run an element-wise optimizer in as few passes as the layout allows.
+
+    .. math:: (u, S) = f(g, S) \text{ on one buffer per dtype}
+
+    On a :class:`FlatParams` (see :func:`ravel`) the state is one buffer per
+    dtype and each transformation reads and writes each buffer once per step,
+    whatever the number of leaves. On a plain tree it runs leaf by leaf, as the
+    unfused chain does, because concatenating and splitting on every step
+    costs more than it saves. The numbers are those of ``tx`` either way.
+
+    ``tx`` must be element-wise apart from global reductions (Adam family,
+    momentum, weight decay without a mask, clipping by value or global norm,
+    schedules, and wrappers of these); a per-leaf transformation (trust ratio,
+    factored moments, masks, partitions) would compute something else on a
+    flat buffer and is refused with a ``TypeError``.
+
+    Args:
+        tx: the transformation to run.
+
+    Returns:
+        A :class:`~adamx.GradientTransformation` with ``tx``'s state.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> params = adamx.ravel({"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
+        >>> tx = adamx.fused(adamx.sgd(0.5))
+        >>> updates, _ = tx.update(params, tx.init(params), params)
+        >>> updates.unravel()["w"]
+        Array([[-0.5, -0.5],
+               [-0.5, -0.5]], dtype=float32)
+    """
+    check_transformation("tx", tx)
+    if not is_elementwise(tx):
+        raise TypeError(
+            "fused needs an element-wise transformation (Adam family, momentum, "
+            "weight decay without a mask, clipping, schedules); got one that works "
+            "per leaf or is not known to be element-wise (such as masked, "
+            "partition, scale_by_trust_ratio, scale_by_factored_rms, or an Optax "
+            f"transformation): {tx!r}"
+        )
+
+    def init_fn(params):
+        return tx.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        return call_update(tx, updates, state, params, extra_args)
+
+    return elementwise(GradientTransformation(init_fn, update_fn))
+
+
+def fused_or_plain(
+    tx: GradientTransformation, use_fused: bool
+) -> GradientTransformation:
+    """``fused(tx)`` if ``use_fused`` else ``tx`` (the ``fused=`` of optimizers)."""
+    return fused(tx) if use_fused else tx
