@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from adamx.base import GradientTransformation, elementwise, is_elementwise
 from adamx.combine import call_update, check_transformation
@@ -87,11 +86,14 @@ class FlatParams:
         Returns:
             A tree with the original structure, shapes and dtypes.
         """
-        leaves = []
-        for slot in self.layout.slots:
-            size = int(np.prod(slot.shape, dtype=np.int64))
-            buf = self.buffers[slot.buffer]
-            leaves.append(buf[slot.offset : slot.offset + size].reshape(slot.shape))
+        # One split per buffer, not a slice per leaf: the gradient of a split is
+        # a single concatenate, where slices would each pad a full-size buffer.
+        pieces: dict[str, list] = {}
+        for name, _ in self.layout.sizes:
+            slots = [s for s in self.layout.slots if s.buffer == name]
+            cuts = [s.offset for s in slots[1:]]
+            pieces[name] = list(jnp.split(self.buffers[name], cuts))
+        leaves = [pieces[s.buffer].pop(0).reshape(s.shape) for s in self.layout.slots]
         return jax.tree.unflatten(self.layout.treedef, leaves)
 
     def __repr__(self) -> str:

@@ -473,6 +473,18 @@ class _Hyper:
     def __init__(self, **values: Any) -> None:
         self._values = values
         self._by_dtype: dict[Any, SimpleNamespace] = {}
+        self._derived: dict[Any, Any] = {}
+
+    def derived(self, dtype: Any, fn: Callable[[SimpleNamespace], Any]) -> Any:
+        """``fn(self(dtype))``, computed once per dtype and update.
+
+        Scalars that every leaf needs (``1 - b1``, the bias corrections) are
+        then emitted once, not once per leaf: less to trace and compile.
+        """
+        key = jnp.dtype(dtype)
+        if key not in self._derived:
+            self._derived[key] = fn(self(key))
+        return self._derived[key]
 
     def __call__(self, dtype: Any) -> SimpleNamespace:
         key = jnp.dtype(dtype)
@@ -599,15 +611,38 @@ def scale_by_adam(
         count = safe_increment(state.count)
         hp = _Hyper(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
+        def scalars(h):
+            t = _as_float(count).astype(h.b1.dtype)
+            return SimpleNamespace(
+                omb1=1 - h.b1,
+                omb2=1 - h.b2,
+                bc1=1 - h.b1**t,
+                bc2=1 - h.b2**t,
+                # Nesterov's look-ahead term divides by 1 - b1^(t+1).
+                bc1_next=1 - h.b1 ** _as_float(safe_increment(count)).astype(t.dtype),
+            )
+
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
+            c = hp.derived(ct, scalars)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), h.b1)
-            v = _moment2(g32, v.astype(ct), h.b2)
-            m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, debias)
-            v_hat = _debias(v, h.b2, count) if debias else v
-            u = m_hat / (jnp.sqrt(v_hat + h.eps_root) + h.eps)
+            m = c.omb1 * g32 + h.b1 * m.astype(ct)
+            v = c.omb2 * g32**2 + h.b2 * v.astype(ct)
+            if not debias:
+                m_hat = h.b1 * m + c.omb1 * g32 if nesterov else m
+                v_hat = v
+            else:
+                m_hat = (
+                    h.b1 * (m / c.bc1_next) + c.omb1 * (g32 / c.bc1)
+                    if nesterov
+                    else m / c.bc1
+                )
+                v_hat = v / c.bc2
+            # eps_root = 0 (a Python literal) adds nothing, so it is not emitted.
+            if not (isinstance(eps_root, (int, float)) and eps_root == 0):
+                v_hat = v_hat + h.eps_root
+            u = m_hat / (jnp.sqrt(v_hat) + h.eps)
             return u.astype(g.dtype), m, v
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)

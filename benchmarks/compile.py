@@ -1,0 +1,90 @@
+"""Compile time of a training step with many leaves: adamx against Optax.
+
+For each tree size the step ``grad -> tx.update -> apply_updates`` is traced,
+lowered and compiled with ``jax.jit(...).lower(...).compile()``; repetitions are
+interleaved between the libraries and the median is reported.
+
+Run: python benchmarks/compile.py [--leaves 100 1000 5000] [--reps 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import adamx
+
+
+def make_params(n_leaves: int) -> dict:
+    return {f"layer{i:05d}": jnp.full((16,), 0.01 * (i % 7 + 1)) for i in range(n_leaves)}
+
+
+def loss_fn(params: dict) -> jax.Array:
+    return sum(jnp.sum(jnp.sin(p) ** 2) for p in params.values())
+
+
+def variants(params: dict) -> dict:
+    flat = adamx.ravel(params)
+
+    def tree_step(tx, apply_updates):
+        def step(p, s):
+            g = jax.grad(loss_fn)(p)
+            u, s = tx.update(g, s, p)
+            return apply_updates(p, u), s
+
+        return step, (params, tx.init(params))
+
+    def flat_step(tx):
+        def step(f, s):
+            g = jax.grad(lambda f: loss_fn(f.unravel()))(f)
+            u, s = tx.update(g, s, f)
+            return adamx.apply_updates(f, u), s
+
+        return step, (flat, tx.init(flat))
+
+    return {
+        "optax.adam": tree_step(optax.adam(1e-3), optax.apply_updates),
+        "adamx.adam": tree_step(adamx.adam(1e-3), adamx.apply_updates),
+        "adamx.adam flat": flat_step(adamx.adam(1e-3, fused=True)),
+    }
+
+
+def compile_seconds(step, args) -> float:
+    jax.clear_caches()
+    start = time.perf_counter()
+    jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leaves", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
+    results = {}
+    for n in args.leaves:
+        cases = variants(make_params(n))
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.reps):
+            for name, (step, step_args) in cases.items():
+                times[name].append(compile_seconds(step, step_args))
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        base = medians["optax.adam"]
+        results[n] = {name: {"s": t, "ratio_to_optax": t / base} for name, t in medians.items()}
+        for name, t in medians.items():
+            print(f"{n:6d} leaves  {name:18s} {t:8.3f} s  {t / base:5.2f}x optax")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(jax.devices()[0]), "results": results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
