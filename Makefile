@@ -22,15 +22,15 @@ demo: setup
 	$(BIN)/python examples/quickstart.py
 
 lint: setup
-	$(BIN)/ruff check adamx tests examples
-	$(BIN)/ruff format --check adamx tests examples
+	$(BIN)/ruff check adamx tests examples benchmarks
+	$(BIN)/ruff format --check adamx tests examples benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 format: setup
-	$(BIN)/ruff format adamx tests examples
-	$(BIN)/ruff check --fix adamx tests examples
+	$(BIN)/ruff format adamx tests examples benchmarks
+	$(BIN)/ruff check --fix adamx tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -147,9 +147,9 @@ def ravel(tree: Any) -> FlatParams:
         offsets[name] = offset + leaf.size
         parts.setdefault(name, []).append(leaf.reshape(-1))
     names = sorted(parts)
-    buffers = {
-        n: jnp.concatenate(parts[n]) if parts[n] else jnp.zeros(0) for n in names
-    }
+    # Always fresh buffers: a one-leaf concatenate would alias the leaf, and
+    # donating the flat buffer would then delete the caller's array.
+    buffers = {n: jnp.array(jnp.concatenate(parts[n]), copy=True) for n in names}
     layout = _Layout(treedef, tuple(slots), tuple((n, offsets[n]) for n in names))
     return FlatParams(buffers, layout)
 
