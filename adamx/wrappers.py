@@ -153,6 +153,13 @@ def inject_hyperparams(
         )
     if isinstance(static_args, str):
         static_args = (static_args,)
+    if not (
+        isinstance(static_args, (tuple, list))
+        and all(isinstance(a, str) for a in static_args)
+    ):
+        raise TypeError(
+            f"static_args must be a name or a sequence of names, got {static_args!r}"
+        )
     hyperparam_dtype = checks.check_float_dtype("hyperparam_dtype", hyperparam_dtype)
     signature = inspect.signature(factory)
 
@@ -171,6 +178,7 @@ def inject_hyperparams(
             )
         # Build once with the given values: this validates them at construction.
         built = factory(**values)
+        check_transformation(f"the result of factory {factory.__name__}", built)
         schedules, numeric, static = {}, {}, {}
         for name, value in values.items():
             param = signature.parameters.get(name)
@@ -248,13 +256,30 @@ def _find_states(state: Any, kind: type) -> list:
     return found
 
 
+# Ranges of the common hyperparameters, checked by set_hyperparams as the
+# factories check them at construction.
+_DECAYS = ("b1", "b2", "decay")
+_NONNEGATIVE = ("learning_rate", "eps", "eps_root", "weight_decay", "momentum")
+
+
+def _check_new_value(name: str, value: Any) -> None:
+    if name in _DECAYS:
+        checks.check_decay(name, value)
+    elif name in _NONNEGATIVE:
+        checks.check_nonnegative(name, value)
+    else:
+        checks.check_finite(name, value)
+
+
 def set_hyperparams(state: OptState, **values: Any) -> OptState:
     """Return ``state`` with new hyperparameter values, keeping their stored dtypes.
 
     Finds every :class:`InjectHyperparamsState` in ``state`` (so it works on a
     chain or a wrapper around an injected optimizer) and replaces the named
     values. Each new value is cast to the dtype already stored, so a jitted
-    step does not trace again. A name that no injected optimizer has raises
+    step does not trace again. Values are checked as at construction (b1, b2
+    and decay in [0, 1); learning rate, eps, weight decay and momentum >= 0;
+    anything else finite). A name that no injected optimizer has raises
     ``KeyError``.
 
     Args:
@@ -278,6 +303,8 @@ def set_hyperparams(state: OptState, **values: Any) -> OptState:
             "state holds no InjectHyperparamsState: wrap the optimizer "
             "with adamx.inject_hyperparams first"
         )
+    for name, value in values.items():
+        _check_new_value(name, value)
     known = set().union(*(t.hyperparams for t in targets))
     missing = set(values) - known
     if missing:
@@ -291,7 +318,6 @@ def set_hyperparams(state: OptState, **values: Any) -> OptState:
             hp = dict(node.hyperparams)
             for k, v in values.items():
                 if k in hp:
-                    checks.check_finite(k, v)
                     hp[k] = jnp.asarray(v, dtype=hp[k].dtype)
             return node._replace(hyperparams=hp, inner_state=replace(node.inner_state))
         if isinstance(node, tuple) and hasattr(node, "_fields"):
