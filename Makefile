@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 # Two workers: the suite is sized for a 2-core machine.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint typecheck docs docs-serve format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[test,examples]"
+	$(BIN)/python -m pip install -q -e ".[test,examples,docs]"
 	# torch is optional: its cross-checks are skipped where no CPU build installs.
 	-$(BIN)/python -m pip install -q "torch==2.13.0"
 	touch $(STAMP)
@@ -22,15 +22,25 @@ demo: setup
 	$(BIN)/python examples/quickstart.py
 
 lint: setup
-	$(BIN)/ruff check adamx tests examples benchmarks
-	$(BIN)/ruff format --check adamx tests examples benchmarks
+	$(BIN)/ruff check adamx tests examples benchmarks docs
+	$(BIN)/ruff format --check adamx tests examples benchmarks docs
 
-test: lint
+typecheck: setup
+	$(BIN)/mypy adamx
+
+# Strict: a broken link, a missing page or a docstring reference to nothing fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+test: lint typecheck docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 format: setup
-	$(BIN)/ruff format adamx tests examples benchmarks
-	$(BIN)/ruff check --fix adamx tests examples benchmarks
+	$(BIN)/ruff format adamx tests examples benchmarks docs
+	$(BIN)/ruff check --fix adamx tests examples benchmarks docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site

@@ -64,6 +64,7 @@ from adamx.schedules import (
     warmup_constant_schedule,
     warmup_cosine_decay_schedule,
 )
+from adamx.sharding import bytes_per_device, sharded, state_shardings, zero_spec
 from adamx.transforms import (
     AddDecayedWeightsState,
     EmaState,
@@ -160,6 +161,7 @@ __all__ = [
     "apply_if_finite",
     "apply_updates",
     "bias_correction",
+    "bytes_per_device",
     "chain",
     "checkpoint",
     "clip",
@@ -215,8 +217,11 @@ __all__ = [
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
+    "sharded",
+    "state_shardings",
     "trace",
     "tree_zeros_like",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
+    "zero_spec",
 ]

@@ -56,12 +56,9 @@ class TransformInitFn(Protocol):
 
 
 class TransformUpdateFn(Protocol):
+    # Extra keyword arguments are allowed but not required, as in Optax.
     def __call__(
-        self,
-        updates: Updates,
-        state: OptState,
-        params: Params | None = None,
-        **extra_args: Any,
+        self, updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]: ...
 
 

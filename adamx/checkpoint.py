@@ -42,7 +42,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +113,12 @@ def _describe_leaf(key: str, leaf: Any, name: str) -> tuple[dict[str, Any], Any]
         value = np.asarray(leaf)
         if value.dtype == object:
             raise TypeError(f"leaf {key} is a Python int too large to save: {leaf!r}")
-        entry = {"path": key, "kind": "python", "shape": [], "name": name}
+        entry: dict[str, Any] = {
+            "path": key,
+            "kind": "python",
+            "shape": [],
+            "name": name,
+        }
         return {**entry, "dtype": _python_scalar_name(leaf)}, value
     if isinstance(leaf, np.generic):
         leaf = np.asarray(leaf)
@@ -401,7 +406,9 @@ def _finish_leaf(entry: dict[str, Any], spec: dict[str, Any], value: Any) -> Any
         dtype = "uint32" if entry["kind"] == "key" else entry["dtype"]
         value = np.zeros(shape, jnp.dtype(dtype))
     if entry["kind"] == "key":
-        value = jax.random.wrap_key_data(np.asarray(value), impl=entry["key_impl"])
+        # Annotated for jax.Array, but it converts NumPy key data itself.
+        data = cast(jax.Array, np.asarray(value))
+        value = jax.random.wrap_key_data(data, impl=entry["key_impl"])
         return (
             value
             if spec["sharding"] is None

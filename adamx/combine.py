@@ -120,6 +120,8 @@ def named_chain(
 ) -> GradientTransformation:
     r"""Apply named transformations one after the other.
 
+    .. math:: (u_t, S_t) = f_n \circ \dots \circ f_1 (g_t, S_{t-1})
+
     Like :func:`chain`, but the state is a dict from each stage's name to its
     state, which reads better in logs and checkpoints.
 

@@ -63,6 +63,15 @@ def _scale_by_required_rate(learning_rate: ScalarOrSchedule) -> GradientTransfor
     return scale_by_learning_rate(learning_rate)
 
 
+def _check_fused_state_bits(fused: bool, state_bits: Any) -> None:
+    if fused is True and state_bits in (8, 4):
+        raise ValueError(
+            f"fused=True cannot be combined with state_bits={state_bits}: block-wise "
+            "quantization is not element-wise (on a flat buffer its blocks would "
+            "span leaves). Use fused=False, or state_bits=16 or 32."
+        )
+
+
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -74,6 +83,7 @@ def adam(
     nesterov: bool = False,
     nu_dtype: Any | None = None,
     fused: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Adam (Kingma & Ba, 2014).
 
@@ -99,6 +109,9 @@ def adam(
         nu_dtype: dtype of the second moment; ``None`` uses the params' dtype.
         fused: wrap in :func:`adamx.fused` (one pass per buffer on
             :class:`adamx.FlatParams`).
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -112,9 +125,17 @@ def adam(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
     """
+    _check_fused_state_bits(fused, state_bits)
     tx = chain(
         scale_by_adam(
-            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+            state_bits=state_bits,
         ),
         _scale_by_required_rate(learning_rate),
     )
@@ -132,6 +153,7 @@ def nadam(
     nesterov: bool = True,
     nu_dtype: Any | None = None,
     fused: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""NAdam: Adam with Nesterov momentum (Dozat, 2016).
 
@@ -155,6 +177,9 @@ def nadam(
         nesterov: kept for Optax compatibility; False gives plain :func:`adam`.
         nu_dtype: dtype of the second moment.
         fused: wrap in :func:`adamx.fused`.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -178,6 +203,7 @@ def nadam(
         nesterov=nesterov,
         nu_dtype=nu_dtype,
         fused=fused,
+        state_bits=state_bits,
     )
 
 
@@ -194,6 +220,7 @@ def adamw(
     nesterov: bool = False,
     nu_dtype: Any | None = None,
     fused: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
@@ -218,6 +245,9 @@ def adamw(
         nesterov: use Nesterov momentum (this is then :func:`nadamw`).
         nu_dtype: dtype of the second moment.
         fused: wrap in :func:`adamx.fused`.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -231,9 +261,17 @@ def adamw(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.84999996 -2.        ]
     """
+    _check_fused_state_bits(fused, state_bits)
     tx = chain(
         scale_by_adam(
-            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+            state_bits=state_bits,
         ),
         add_decayed_weights(weight_decay, mask),
         _scale_by_required_rate(learning_rate),
@@ -254,6 +292,7 @@ def nadamw(
     nesterov: bool = True,
     nu_dtype: Any | None = None,
     fused: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""NAdamW: :func:`nadam` with decoupled weight decay.
 
@@ -277,6 +316,9 @@ def nadamw(
         nesterov: kept for Optax compatibility; False gives :func:`adamw`.
         nu_dtype: dtype of the second moment.
         fused: wrap in :func:`adamx.fused`.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -302,6 +344,7 @@ def nadamw(
         nesterov=nesterov,
         nu_dtype=nu_dtype,
         fused=fused,
+        state_bits=state_bits,
     )
 
 
@@ -314,6 +357,8 @@ def amsgrad(
     mu_dtype: Any | None = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AMSGrad: Adam with a non-decreasing second moment (Reddi et al., 2018).
 
@@ -336,6 +381,9 @@ def amsgrad(
         mu_dtype: dtype of the first moment.
         bias_correction_mu: bias-correct the first moment.
         bias_correction_nu: bias-correct the second moment before the max.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -351,7 +399,14 @@ def amsgrad(
     """
     return chain(
         scale_by_amsgrad(
-            b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            bias_correction_mu,
+            bias_correction_nu,
+            state_bits=state_bits,
         ),
         _scale_by_required_rate(learning_rate),
     )
@@ -362,6 +417,8 @@ def adamax(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AdaMax: Adam with the infinity norm (Kingma & Ba, 2014, §7.1).
 
@@ -377,6 +434,9 @@ def adamax(
         b1: :math:`\beta_1 \in [0, 1)`.
         b2: :math:`\beta_2 \in [0, 1)`.
         eps: :math:`\epsilon \ge 0`.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -390,7 +450,10 @@ def adamax(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
     """
-    return chain(scale_by_adamax(b1, b2, eps), _scale_by_required_rate(learning_rate))
+    return chain(
+        scale_by_adamax(b1, b2, eps, state_bits=state_bits),
+        _scale_by_required_rate(learning_rate),
+    )
 
 
 def adamaxw(
@@ -400,6 +463,8 @@ def adamaxw(
     eps: jax.typing.ArrayLike = 1e-8,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AdaMax with decoupled weight decay.
 
@@ -417,6 +482,9 @@ def adamaxw(
         eps: :math:`\epsilon \ge 0`.
         weight_decay: :math:`\lambda \ge 0`, a number or a schedule.
         mask: which params to decay.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -431,7 +499,7 @@ def adamaxw(
         [ 0.84999996 -2.        ]
     """
     return chain(
-        scale_by_adamax(b1, b2, eps),
+        scale_by_adamax(b1, b2, eps, state_bits=state_bits),
         add_decayed_weights(weight_decay, mask),
         _scale_by_required_rate(learning_rate),
     )
@@ -446,6 +514,7 @@ def radam(
     threshold: jax.typing.ArrayLike = 5.0,
     *,
     nesterov: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""RAdam: Adam with a rectified adaptive learning rate (Liu et al., 2019).
 
@@ -466,6 +535,9 @@ def radam(
         eps_root: :math:`\bar\epsilon \ge 0`.
         threshold: :math:`\rho_{\text{th}} > 4`.
         nesterov: use Nesterov momentum.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -480,7 +552,9 @@ def radam(
         [ 0.95 -2.05]
     """
     return chain(
-        scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov),
+        scale_by_radam(
+            b1, b2, eps, eps_root, threshold, nesterov=nesterov, state_bits=state_bits
+        ),
         _scale_by_required_rate(learning_rate),
     )
 
@@ -493,6 +567,7 @@ def adabelief(
     eps_root: jax.typing.ArrayLike = 1e-16,
     *,
     nesterov: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AdaBelief (Zhuang et al., 2020).
 
@@ -511,6 +586,9 @@ def adabelief(
         eps: :math:`\epsilon \ge 0`.
         eps_root: :math:`\bar\epsilon \ge 0`.
         nesterov: use Nesterov momentum.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -525,7 +603,9 @@ def adabelief(
         [ 0.8889 -2.1111]
     """
     return chain(
-        scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
+        scale_by_belief(
+            b1, b2, eps, eps_root, nesterov=nesterov, state_bits=state_bits
+        ),
         _scale_by_required_rate(learning_rate),
     )
 
@@ -538,6 +618,8 @@ def lamb(
     eps_root: jax.typing.ArrayLike = 0.0,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""LAMB: layer-wise adaptive moments (You et al., 2019).
 
@@ -558,6 +640,9 @@ def lamb(
         eps_root: :math:`\bar\epsilon \ge 0`.
         weight_decay: :math:`\lambda \ge 0`.
         mask: which params to decay.
+        state_bits: how the moments are stored: 32 (as the dtype arguments
+            say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
+            bytes per param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -572,7 +657,7 @@ def lamb(
         [ 2.6464 -4.3536]
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root),
+        scale_by_adam(b1, b2, eps, eps_root, state_bits=state_bits),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
         _scale_by_required_rate(learning_rate),

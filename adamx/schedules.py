@@ -73,7 +73,7 @@ def _is_static_number(x: Any) -> bool:
     )
 
 
-def _elapsed(count: Numeric, start: int, length: int | None = None) -> Any:
+def _elapsed(count: Any, start: int, length: int | None = None) -> Any:
     """Steps since ``start``, clipped to ``[0, length]``, in the step's own type.
 
     Python numbers stay Python numbers so that steps beyond the int32 range
@@ -239,7 +239,7 @@ def polynomial_schedule(
         # below 1 would magnify that.
         left = transition_steps - _elapsed(count, transition_begin, transition_steps)
         frac = _to_float(left) / transition_steps
-        return jnp.asarray(end_value + (init_value - end_value) * frac**power)
+        return jnp.asarray(_linear_interpolate(end_value, init_value, frac**power))
 
     return schedule
 
@@ -318,7 +318,7 @@ def piecewise_constant_schedule(
         "boundaries_and_scales", boundaries_and_scales
     )
 
-    def schedule(count: Numeric) -> jax.Array:
+    def schedule(count: Any) -> jax.Array:
         value = init_value
         for boundary, scale in zip(boundaries, scales, strict=True):
             value = value * jnp.where(count >= boundary, scale, 1.0)
@@ -385,7 +385,7 @@ def exponential_decay(
     if end_value is not None:
         check_finite("end_value", end_value)
         init_f, end_f = _concrete_float(init_value), _concrete_float(end_value)
-        if None not in (init_f, end_f, rate_f):
+        if init_f is not None and end_f is not None and rate_f is not None:
             if rate_f < 1.0 and end_f > init_f:
                 raise ValueError(
                     f"end_value must be <= init_value={init_value!r} when "
@@ -563,10 +563,10 @@ def warmup_cosine_decay_schedule(
         raise ValueError(f"end_value must be 0 when peak_value is 0, got {end_value!r}")
     cosine_steps = decay_steps - warmup_steps
 
-    def schedule(count: Numeric) -> jax.Array:
+    def schedule(count: Any) -> jax.Array:
         left = cosine_steps - _elapsed(count, warmup_steps, cosine_steps)
         weight = _cosine_weight(left, cosine_steps)
-        decayed = end_value + (peak_value - end_value) * weight**exponent
+        decayed = _linear_interpolate(end_value, peak_value, weight**exponent)
         if warmup_steps == 0:
             return jnp.asarray(decayed)
         warm_frac = _to_float(_elapsed(count, 0, warmup_steps)) / warmup_steps
@@ -632,7 +632,7 @@ def piecewise_interpolate_schedule(
     for scale in scales:
         values.append(values[-1] * scale)
 
-    def schedule(count: Numeric) -> jax.Array:
+    def schedule(count: Any) -> jax.Array:
         value = values[-1]
         # Built from the last segment backwards so that the first matching
         # ``count < end`` wins; a segment of length 0 (a boundary at step 0)
@@ -861,7 +861,7 @@ def join_schedules(
     if any(b >= b_next for b, b_next in zip(boundaries, boundaries[1:], strict=False)):
         raise ValueError(f"boundaries must be strictly increasing, got {boundaries!r}")
 
-    def schedule(count: Numeric) -> jax.Array:
+    def schedule(count: Any) -> jax.Array:
         value = schedules[0](count)
         for boundary, fn in zip(boundaries, schedules[1:], strict=True):
             value = jnp.where(count < boundary, value, fn(count - boundary))
@@ -919,10 +919,11 @@ def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Numeric]]) -> Schedule:
                 f"cosine_kwargs[{i}] must be a dict of arguments for "
                 f"warmup_cosine_decay_schedule, got {kwargs!r}"
             )
+        cycle: Mapping[str, Any] = kwargs
         try:
-            schedules.append(warmup_cosine_decay_schedule(**kwargs))
+            schedules.append(warmup_cosine_decay_schedule(**cycle))
         except (TypeError, ValueError) as e:
             raise type(e)(f"cosine_kwargs[{i}]: {e}") from e
-        start += kwargs["decay_steps"]
+        start += cycle["decay_steps"]
         boundaries.append(start)
     return join_schedules(schedules, boundaries[:-1])

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adamx import checks
+from adamx import checks, lowbit
 from adamx.base import (
     EmptyState,
     GradientTransformation,
@@ -103,7 +103,8 @@ def _as_float(count: jax.Array) -> jax.Array:
 
 
 def _check_state_tree(updates: Any, state_tree: Any, name: str) -> None:
-    check_same_structure("updates", updates, name, state_tree)
+    # A quantized moment is one node standing for one leaf of the params.
+    check_same_structure("updates", updates, name, lowbit.as_placeholders(state_tree))
 
 
 def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
@@ -204,7 +205,7 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
 class ScaleByScheduleState(NamedTuple):
     """State of :func:`scale_by_schedule`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -268,7 +269,7 @@ def scale_by_learning_rate(
     The learning rate applied at the last step is kept in the state
     (``state.learning_rate``; before the first step, the rate the first step
     will use), so a training loop can log it without rebuilding the schedule.
-    See :func:`adamx.learning_rate`.
+    See :func:`adamx.get_learning_rate`.
 
     Args:
         learning_rate: :math:`\alpha`, a number >= 0 or a schedule
@@ -398,7 +399,7 @@ def trace(
 class EmaState(NamedTuple):
     """State of :func:`ema`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     ema: Any  # like params (or accumulator_dtype): the moving average
 
 
@@ -530,7 +531,7 @@ def _first_moment_estimate(
 class ScaleByAdamState(NamedTuple):
     """State of scale_by_adam, scale_by_adamax and scale_by_radam (as in Optax)."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     mu: Any  # like params (or mu_dtype): first moment m
     nu: Any  # like params (or nu_dtype): second moment v (adamax: the inf-norm u)
 
@@ -552,6 +553,7 @@ def scale_by_adam(
     nesterov: bool = False,
     bias_correction: bool = True,
     nu_dtype: Any | None = None,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Scale updates by Adam's moment estimates (Kingma & Ba, 2014).
 
@@ -569,6 +571,11 @@ def scale_by_adam(
     outside the square root as in Algorithm 1 of the paper and in
     ``torch.optim.Adam``; :math:`\bar\epsilon` (``eps_root``) inside it.
 
+    With ``state_bits`` 8 or 4, :math:`m_{t-1}` and :math:`v_{t-1}` are read
+    from block-wise codes, the step runs as above in float32, and
+    :math:`m_t, v_t` are quantized again (:func:`adamx.lowbit.quantize`):
+    about 2 or 1 bytes of state per param instead of 8.
+
     Args:
         b1: :math:`\beta_1 \in [0, 1)`, decay of the first moment.
         b2: :math:`\beta_2 \in [0, 1)`, decay of the second moment.
@@ -579,6 +586,11 @@ def scale_by_adam(
         bias_correction: divide the moments by :math:`1 - \beta^t`; when False,
             :math:`\hat m_t = m_t` and :math:`\hat v_t = v_t`.
         nu_dtype: dtype of :math:`v`; ``None`` uses the params' dtype.
+        state_bits: how :math:`m` and :math:`v` are stored: 32 (as
+            ``mu_dtype``/``nu_dtype`` say), 16 (bfloat16), 8 or 4 (block-wise
+            quantized, see :mod:`adamx.lowbit`). The update is computed in
+            float32 either way. Not to be combined with ``mu_dtype`` or
+            ``nu_dtype``.
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -596,13 +608,19 @@ def scale_by_adam(
     checks.check_bool("bias_correction", bias_correction)
     mu_dtype = checks.check_float_dtype("mu_dtype", mu_dtype)
     nu_dtype = checks.check_float_dtype("nu_dtype", nu_dtype)
+    # None (the default) is 32; not 32 itself, so that Optax's inject_hyperparams,
+    # which injects every number, leaves this structural argument alone.
+    state_bits = 32 if state_bits is None else state_bits
+    state_bits = lowbit.check_state_bits(
+        state_bits, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
     debias = bias_correction
 
     def init_fn(params):
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_zeros_like(params, mu_dtype),
-            nu=tree_zeros_like(params, nu_dtype),
+            mu=lowbit.init_moment(params, state_bits, True, mu_dtype),
+            nu=lowbit.init_moment(params, state_bits, False, nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
@@ -626,42 +644,58 @@ def scale_by_adam(
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
             c = hp.derived(ct, scalars)
-            g32 = g.astype(ct)
-            m = c.omb1 * g32 + h.b1 * m.astype(ct)
-            v = c.omb2 * g32**2 + h.b2 * v.astype(ct)
-            if not debias:
-                m_hat = h.b1 * m + c.omb1 * g32 if nesterov else m
-                v_hat = v
-            else:
-                m_hat = (
-                    h.b1 * (m / c.bc1_next) + c.omb1 * (g32 / c.bc1)
-                    if nesterov
-                    else m / c.bc1
-                )
-                v_hat = v / c.bc2
-            # eps_root = 0 (a Python literal) adds nothing, so it is not emitted.
-            if not (isinstance(eps_root, (int, float)) and eps_root == 0):
-                v_hat = v_hat + h.eps_root
-            u = m_hat / (jnp.sqrt(v_hat) + h.eps)
-            return u.astype(g.dtype), m, v
+
+            def body(g, m, v):
+                g32 = g.astype(ct)
+                m = c.omb1 * g32 + h.b1 * m
+                v = c.omb2 * g32**2 + h.b2 * v
+                if not debias:
+                    m_hat = h.b1 * m + c.omb1 * g32 if nesterov else m
+                    v_hat = v
+                else:
+                    m_hat = (
+                        h.b1 * (m / c.bc1_next) + c.omb1 * (g32 / c.bc1)
+                        if nesterov
+                        else m / c.bc1
+                    )
+                    v_hat = v / c.bc2
+                # eps_root = 0 (a Python literal) adds nothing: not emitted.
+                if not (isinstance(eps_root, (int, float)) and eps_root == 0):
+                    v_hat = v_hat + h.eps_root
+                u = m_hat / (jnp.sqrt(v_hat) + h.eps)
+                return u.astype(g.dtype), m, v
+
+            return lowbit.update_moments(body, ct, g, m, v)
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
         mu = _store_like(mu, state.mu)
         nu = _store_like(nu, state.nu)
         return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return elementwise(GradientTransformation(init_fn, update_fn))
+    return _state_bits_tx(init_fn, update_fn, state_bits)
 
 
 def _store_like(tree: Any, like: Any) -> Any:
     """Cast a freshly computed state tree back to the stored dtypes."""
-    return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
+    return jax.tree.map(lowbit.store_like, tree, like, is_leaf=lowbit.is_quantized)
+
+
+def _state_bits_tx(
+    init_fn: Callable, update_fn: Callable, state_bits: int | None
+) -> GradientTransformation:
+    """The transformation, marked element-wise unless its moments are quantized.
+
+    Block-wise quantization is not element-wise: on a flat buffer the blocks
+    (and which leaves are too small to quantize) would differ from the tree's.
+    """
+    tx = GradientTransformation(init_fn, update_fn)
+    return elementwise(tx) if state_bits in (32, 16) else tx
 
 
 class ScaleByAmsgradState(NamedTuple):
     """State of :func:`scale_by_amsgrad`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     mu: Any  # like params (or mu_dtype): first moment m
     nu: Any  # like params: second moment v
     nu_max: Any  # like params: running maximum of the (corrected) second moment
@@ -675,6 +709,8 @@ def scale_by_amsgrad(
     mu_dtype: Any | None = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Adam with a running maximum of the second moment (Reddi et al., 2018).
 
@@ -687,9 +723,9 @@ def scale_by_amsgrad(
         + \epsilon}
         \end{aligned}
 
-    The maximum is taken over bias-corrected :math:`v_t`, as in
-    ``torch.optim.Adam(amsgrad=True)`` and Optax; the paper has no bias
-    correction.
+    The maximum is taken over bias-corrected :math:`v_t`, as in Optax;
+    ``torch.optim.Adam(amsgrad=True)`` takes it over raw :math:`v_t` and
+    corrects afterwards, and the paper has no bias correction.
 
     Args:
         b1: :math:`\beta_1 \in [0, 1)`.
@@ -699,6 +735,10 @@ def scale_by_amsgrad(
         mu_dtype: dtype of :math:`m`; ``None`` uses the params' dtype.
         bias_correction_mu: divide :math:`m_t` by :math:`1 - \beta_1^t`.
         bias_correction_nu: divide :math:`v_t` by :math:`1 - \beta_2^t`.
+        state_bits: how :math:`m`, :math:`v` and :math:`\hat v^{\max}` are
+            stored: 32, 16 (bfloat16), 8 or 4 (block-wise quantized, see
+            :mod:`adamx.lowbit`; the maximum is then non-decreasing up to the
+            quantization error). Not to be combined with ``mu_dtype``.
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -715,13 +755,17 @@ def scale_by_amsgrad(
     checks.check_bool("bias_correction_mu", bias_correction_mu)
     checks.check_bool("bias_correction_nu", bias_correction_nu)
     mu_dtype = checks.check_float_dtype("mu_dtype", mu_dtype)
+    # None (the default) is 32; not 32 itself, so that Optax's inject_hyperparams,
+    # which injects every number, leaves this structural argument alone.
+    state_bits = 32 if state_bits is None else state_bits
+    state_bits = lowbit.check_state_bits(state_bits, mu_dtype=mu_dtype)
 
     def init_fn(params):
         return ScaleByAmsgradState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_zeros_like(params, mu_dtype),
-            nu=tree_zeros_like(params),
-            nu_max=tree_zeros_like(params),
+            mu=lowbit.init_moment(params, state_bits, True, mu_dtype),
+            nu=lowbit.init_moment(params, state_bits, False, None),
+            nu_max=lowbit.init_moment(params, state_bits, False, None),
         )
 
     def update_fn(updates, state, params=None):
@@ -734,14 +778,18 @@ def scale_by_amsgrad(
         def leaf(g, m, v, v_max):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
-            g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), h.b1)
-            v = _moment2(g32, v.astype(ct), h.b2)
-            m_hat = _debias(m, h.b1, count) if bias_correction_mu else m
-            v_eff = _debias(v, h.b2, count) if bias_correction_nu else v
-            v_max = jnp.maximum(v_max.astype(ct), v_eff)
-            u = m_hat / (jnp.sqrt(v_max + h.eps_root) + h.eps)
-            return u.astype(g.dtype), m, v, v_max
+
+            def body(g, m, v, v_max):
+                g32 = g.astype(ct)
+                m = _moment1(g32, m, h.b1)
+                v = _moment2(g32, v, h.b2)
+                m_hat = _debias(m, h.b1, count) if bias_correction_mu else m
+                v_eff = _debias(v, h.b2, count) if bias_correction_nu else v
+                v_max = jnp.maximum(v_max, v_eff)
+                u = m_hat / (jnp.sqrt(v_max + h.eps_root) + h.eps)
+                return u.astype(g.dtype), m, v, v_max
+
+            return lowbit.update_moments(body, ct, g, m, v, v_max)
 
         updates, mu, nu, nu_max = _leafwise(
             leaf, 4, updates, state.mu, state.nu, state.nu_max
@@ -753,13 +801,15 @@ def scale_by_amsgrad(
             nu_max=_store_like(nu_max, state.nu_max),
         )
 
-    return elementwise(GradientTransformation(init_fn, update_fn))
+    return _state_bits_tx(init_fn, update_fn, state_bits)
 
 
 def scale_by_adamax(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Adam with the infinity norm in place of the second moment (AdaMax).
 
@@ -778,6 +828,9 @@ def scale_by_adamax(
         b1: :math:`\beta_1 \in [0, 1)`.
         b2: :math:`\beta_2 \in [0, 1)`.
         eps: :math:`\epsilon \ge 0`.
+        state_bits: how :math:`m` and :math:`v` are stored: 32 (the params'
+            dtype), 16 (bfloat16), 8 or 4 (block-wise quantized, see
+            :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -791,12 +844,16 @@ def scale_by_adamax(
         Array([ 1., -1.], dtype=float32)
     """
     _check_adam_args(b1, b2, eps, 0.0)
+    # None (the default) is 32; not 32 itself, so that Optax's inject_hyperparams,
+    # which injects every number, leaves this structural argument alone.
+    state_bits = 32 if state_bits is None else state_bits
+    state_bits = lowbit.check_state_bits(state_bits)
 
     def init_fn(params):
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_zeros_like(params),
-            nu=tree_zeros_like(params),
+            mu=lowbit.init_moment(params, state_bits, True, None),
+            nu=lowbit.init_moment(params, state_bits, False, None),
         )
 
     def update_fn(updates, state, params=None):
@@ -809,17 +866,21 @@ def scale_by_adamax(
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
-            g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), h.b1)
-            v = jnp.maximum(jnp.abs(g32) + h.eps, h.b2 * v.astype(ct))
-            return (_debias(m, h.b1, count) / v).astype(g.dtype), m, v
+
+            def body(g, m, v):
+                g32 = g.astype(ct)
+                m = _moment1(g32, m, h.b1)
+                v = jnp.maximum(jnp.abs(g32) + h.eps, h.b2 * v)
+                return (_debias(m, h.b1, count) / v).astype(g.dtype), m, v
+
+            return lowbit.update_moments(body, ct, g, m, v)
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return elementwise(GradientTransformation(init_fn, update_fn))
+    return _state_bits_tx(init_fn, update_fn, state_bits)
 
 
 def scale_by_radam(
@@ -830,6 +891,7 @@ def scale_by_radam(
     threshold: jax.typing.ArrayLike = 5.0,
     *,
     nesterov: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Rectified Adam (Liu et al., 2019).
 
@@ -855,6 +917,9 @@ def scale_by_radam(
         eps_root: :math:`\bar\epsilon \ge 0`.
         threshold: :math:`\rho_{\text{th}}`, the rectification threshold (> 4).
         nesterov: use Dozat's Nesterov form of :math:`\hat m_t`.
+        state_bits: how :math:`m` and :math:`v` are stored: 32 (the params'
+            dtype), 16 (bfloat16), 8 or 4 (block-wise quantized, see
+            :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -870,12 +935,16 @@ def scale_by_radam(
     _check_adam_args(b1, b2, eps, eps_root)
     checks.check_range("threshold", threshold, 4.0, np.inf, low_open=True)
     checks.check_bool("nesterov", nesterov)
+    # None (the default) is 32; not 32 itself, so that Optax's inject_hyperparams,
+    # which injects every number, leaves this structural argument alone.
+    state_bits = 32 if state_bits is None else state_bits
+    state_bits = lowbit.check_state_bits(state_bits)
 
     def init_fn(params):
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_zeros_like(params),
-            nu=tree_zeros_like(params),
+            mu=lowbit.init_moment(params, state_bits, True, None),
+            nu=lowbit.init_moment(params, state_bits, False, None),
         )
 
     def update_fn(updates, state, params=None):
@@ -900,27 +969,34 @@ def scale_by_radam(
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
-            g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), h.b1)
-            v = _moment2(g32, v.astype(ct), h.b2)
-            m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
-            v_hat = _debias(v, h.b2, count)
-            rectified = r.astype(ct) * m_hat / (jnp.sqrt(v_hat + h.eps_root) + h.eps)
-            u = jnp.where(ro >= hp(t.dtype).threshold, rectified, m_hat)
-            return u.astype(g.dtype), m, v
+            rectify = ro >= hp(t.dtype).threshold
+
+            def body(g, m, v):
+                g32 = g.astype(ct)
+                m = _moment1(g32, m, h.b1)
+                v = _moment2(g32, v, h.b2)
+                m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
+                v_hat = _debias(v, h.b2, count)
+                rectified = (
+                    r.astype(ct) * m_hat / (jnp.sqrt(v_hat + h.eps_root) + h.eps)
+                )
+                u = jnp.where(rectify, rectified, m_hat)
+                return u.astype(g.dtype), m, v
+
+            return lowbit.update_moments(body, ct, g, m, v)
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return elementwise(GradientTransformation(init_fn, update_fn))
+    return _state_bits_tx(init_fn, update_fn, state_bits)
 
 
 class ScaleByBeliefState(NamedTuple):
     """State of :func:`scale_by_belief`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     mu: Any  # like params: first moment m
     nu: Any  # like params: second moment of the prediction error, s
 
@@ -932,6 +1008,7 @@ def scale_by_belief(
     eps_root: jax.typing.ArrayLike = 1e-16,
     *,
     nesterov: bool = False,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AdaBelief: scale by the belief in the gradient (Zhuang et al., 2020).
 
@@ -948,6 +1025,9 @@ def scale_by_belief(
         eps: :math:`\epsilon \ge 0`, added to the denominator.
         eps_root: :math:`\bar\epsilon \ge 0`, added to :math:`s_t` each step.
         nesterov: use Dozat's Nesterov form of :math:`\hat m_t`.
+        state_bits: how :math:`m` and :math:`s` are stored: 32 (the params'
+            dtype), 16 (bfloat16), 8 or 4 (block-wise quantized, see
+            :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -962,12 +1042,16 @@ def scale_by_belief(
     """
     _check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("nesterov", nesterov)
+    # None (the default) is 32; not 32 itself, so that Optax's inject_hyperparams,
+    # which injects every number, leaves this structural argument alone.
+    state_bits = 32 if state_bits is None else state_bits
+    state_bits = lowbit.check_state_bits(state_bits)
 
     def init_fn(params):
         return ScaleByBeliefState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_zeros_like(params),
-            nu=tree_zeros_like(params),
+            mu=lowbit.init_moment(params, state_bits, True, None),
+            nu=lowbit.init_moment(params, state_bits, False, None),
         )
 
     def update_fn(updates, state, params=None):
@@ -980,25 +1064,29 @@ def scale_by_belief(
         def leaf(g, m, s):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
-            g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), h.b1)
-            s = _moment2(g32 - m, s.astype(ct), h.b2) + h.eps_root
-            m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
-            u = m_hat / (jnp.sqrt(_debias(s, h.b2, count)) + h.eps)
-            return u.astype(g.dtype), m, s
+
+            def body(g, m, s):
+                g32 = g.astype(ct)
+                m = _moment1(g32, m, h.b1)
+                s = _moment2(g32 - m, s, h.b2) + h.eps_root
+                m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
+                u = m_hat / (jnp.sqrt(_debias(s, h.b2, count)) + h.eps)
+                return u.astype(g.dtype), m, s
+
+            return lowbit.update_moments(body, ct, g, m, s)
 
         updates, mu, nu = _leafwise(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByBeliefState(
             count=count, mu=_store_like(mu, state.mu), nu=_store_like(nu, state.nu)
         )
 
-    return elementwise(GradientTransformation(init_fn, update_fn))
+    return _state_bits_tx(init_fn, update_fn, state_bits)
 
 
 class ScaleByLionState(NamedTuple):
     """State of :func:`scale_by_lion`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     mu: Any  # like params (or mu_dtype): momentum m
 
 
@@ -1062,7 +1150,7 @@ def scale_by_lion(
 class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     nu: Any  # like params: moving average of g^2
 
 
@@ -1141,7 +1229,7 @@ def scale_by_rms(
 class ScaleByStddevState(NamedTuple):
     """State of :func:`scale_by_stddev`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     mu: Any  # like params: moving average of g
     nu: Any  # like params: moving average of g^2
 
@@ -1315,7 +1403,7 @@ def scale_by_param_block_rms(
 class FactoredState(NamedTuple):
     """State of :func:`scale_by_factored_rms`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     v_row: Any  # per leaf: row statistics (factored leaves), else shape (1,)
     v_col: Any  # per leaf: column statistics (factored leaves), else shape (1,)
     v: Any  # per leaf: full second moment (unfactored leaves), else shape (1,)
@@ -1326,7 +1414,7 @@ def _adafactor_decay(
 ) -> jax.Array:
     """Adafactor's increasing decay :math:`1 - (t + 1)^{-c}`."""
     t = jnp.array(step + 1, jnp.float32)
-    return 1.0 - t ** (-exponent)
+    return 1.0 - t ** jnp.negative(exponent)
 
 
 def _factored_dims(
@@ -1457,7 +1545,7 @@ def scale_by_factored_rms(
 class AddDecayedWeightsState(NamedTuple):
     """State of :func:`add_decayed_weights` with a scheduled decay."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
 
 
 def add_decayed_weights(

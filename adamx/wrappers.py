@@ -62,7 +62,7 @@ def _tree_all_finite(tree: Any) -> jax.Array:
 class InjectHyperparamsState(NamedTuple):
     """State of :func:`inject_hyperparams`."""
 
-    count: jax.Array  # shape=(), int32: steps taken so far
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
     hyperparams: dict[str, jax.Array]  # name -> shape=() value used at the last step
     inner_state: Any  # the wrapped optimizer's state
 

@@ -22,7 +22,9 @@ import adamx
 
 
 def make_params(n_leaves: int) -> dict:
-    return {f"layer{i:05d}": jnp.full((16,), 0.01 * (i % 7 + 1)) for i in range(n_leaves)}
+    return {
+        f"layer{i:05d}": jnp.full((16,), 0.01 * (i % 7 + 1)) for i in range(n_leaves)
+    }
 
 
 def loss_fn(params: dict) -> jax.Array:
@@ -77,12 +79,16 @@ def main(argv: list[str] | None = None) -> dict:
                 times[name].append(compile_seconds(step, step_args))
         medians = {name: statistics.median(t) for name, t in times.items()}
         base = medians["optax.adam"]
-        results[n] = {name: {"s": t, "ratio_to_optax": t / base} for name, t in medians.items()}
+        results[n] = {
+            name: {"s": t, "ratio_to_optax": t / base} for name, t in medians.items()
+        }
         for name, t in medians.items():
             print(f"{n:6d} leaves  {name:18s} {t:8.3f} s  {t / base:5.2f}x optax")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(jax.devices()[0]), "results": results}, f, indent=2)
+            json.dump(
+                {"device": str(jax.devices()[0]), "results": results}, f, indent=2
+            )
     return results
 
 

@@ -1,0 +1,1170 @@
+r"""Low-precision optimizer state, and low-precision params that keep small updates.
+
+Adam keeps two moments per parameter: 8 bytes of state per float32 param. Two
+ways to cut that, and two to train bfloat16 params without losing the updates
+that are smaller than half their spacing:
+
+* **Block-wise quantized moments** (``state_bits=8`` or ``4`` on the Adam
+  family). A moment is cut into blocks; each block keeps one float32
+  :math:`a_b = \max_{i \in b} |x_i|` and one small integer code per element,
+  the index of the nearest value of a fixed *code map* :math:`Q \subset [-1, 1]`:
+
+  .. math::
+      c_i = \operatorname*{arg\,min}_{k} \left| \frac{x_i}{a_b} - Q_k \right|,
+      \qquad \tilde x_i = a_b\, Q_{c_i}
+
+  With 8 bits (Dettmers et al., 2021, "8-bit Optimizers via Block-wise
+  Quantization"): blocks of 256, the *dynamic* map for both moments, signed for
+  :math:`m`, unsigned for :math:`v`. With 4 bits (Li et al., 2023, "Memory
+  Efficient Optimizers with 4-bit States"): blocks of 128, the signed dynamic
+  map of 16 codes for :math:`m`, and for :math:`v` the linear map without zero,
+  :math:`Q_k = (k + 1) / 16`, two codes packed in a byte. Each step
+  dequantizes, updates in float32 and quantizes again, inside the jitted step.
+  Tensors of fewer than :data:`MIN_QUANTIZED_SIZE` elements keep float32 state.
+* **bfloat16 moments** (``state_bits=16``).
+* :func:`kahan_summation` keeps, per bfloat16 param, the part of each update
+  that rounding lost, and adds it back at the next step.
+* :func:`stochastic_rounding` rounds the new params up or down at random, with
+  the probabilities that make the rounding exact in expectation.
+
+:func:`state_nbytes` counts the bytes a state holds; ``docs/memory.md`` has the
+bytes per param of each configuration and the measured cost in time and
+accuracy.
+
+The dynamic map stores a number as a sign bit, an exponent :math:`E` written as
+:math:`E` leading zero bits, an indicator bit set to one, and the remaining
+:math:`F` bits as a linear fraction:
+
+.. math::
+    Q(s, E, f) = (-1)^s\, 10^{-E} \left(0.1 + 0.9\, \frac{f + 1/2}{2^F}\right)
+
+so small numbers get a wide exponent and large ones a long fraction. The codes
+with no indicator bit stand for 0 and 1. This is bitsandbytes'
+``create_dynamic_map``: the same values, assigned to the bit patterns as the
+paper's figure lays them out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamx.base import (
+    GradientTransformation,
+    Params,
+    elementwise,
+    is_elementwise,
+    require_params,
+    tree_zeros_like,
+    wider_dtype,
+)
+from adamx.combine import MaskedNode, call_update, check_transformation
+
+__all__ = [
+    "BLOCK_SIZES",
+    "MIN_QUANTIZED_SIZE",
+    "KahanSummationState",
+    "QuantizedArray",
+    "QuantizedFormat",
+    "StochasticRoundingState",
+    "code_map",
+    "dequantize",
+    "kahan_summation",
+    "quantize",
+    "state_nbytes",
+    "stochastic_round",
+    "stochastic_rounding",
+]
+
+STATE_BITS = (32, 16, 8, 4)
+#: Elements per block for each quantized width.
+BLOCK_SIZES = {8: 256, 4: 128}
+#: Tensors with fewer elements keep float32 state: their codes would save
+#: little, and their absmax values would cost a larger share.
+MIN_QUANTIZED_SIZE = 4096
+# Elements updated per pass of the quantized step. The moments of one chunk
+# (1 MiB in float32) stay in cache between the update, the block maxima and the
+# encoding; over a whole large leaf XLA would write them out to memory and read
+# them back twice.
+_CHUNK_ELEMENTS = 1 << 18
+
+# ------------------------------------------------------------------ code maps
+
+
+class _CodeMap(NamedTuple):
+    """A code map: the value of each code, and what the encoder needs."""
+
+    name: str
+    bits: int
+    values: np.ndarray  # float32[2**bits], the value each code stands for
+    width: int  # bits below the sign bit (all bits for unsigned maps)
+    one: int  # the code of 1.0 (dynamic maps)
+    # One entry per decade, smallest first (dynamic maps):
+    thresholds: np.ndarray  # float32[D - 1]: midpoints between decades
+    lower: np.ndarray  # float32[D]: 0.1 * 10^-E, where the decade's bins start
+    step: np.ndarray  # float32[D]: 0.9 * 10^-E / 2^F, the width of its bins
+    offset: np.ndarray  # float32[D]: lower / step
+    inverse_width: np.ndarray  # float32[D]: 2^F / (0.9 * 10^-E)
+    first_code: np.ndarray  # int32[D]: 2^F, the code of the decade's first bin
+    zero_cut: float  # float32: midpoint between 0 and the smallest code
+    one_cut: float  # float32: midpoint between the largest code below 1 and 1
+
+
+def _dynamic_map(signed: bool, bits: int, exponent_bits: int) -> _CodeMap:
+    width = bits - 1 if signed else bits
+    values = np.zeros(2**bits, np.float64)
+    lower, step, offset, inverse_width, first_code = [], [], [], [], []
+    bottoms, tops = [], []
+    for decade in range(exponent_bits):
+        zeros = exponent_bits - 1 - decade  # the exponent E
+        fraction_bits = width - zeros - 1
+        n = 2**fraction_bits
+        scale = 10.0**-zeros
+        # Bin centres of [0.1, 1] cut in n equal bins, as create_dynamic_map,
+        # computed in float32 as _decode computes them, so the two agree bitwise:
+        # (offset + f + 1/2) * step has no product to add, so no fused
+        # multiply-add can round it differently.
+        low, width_ = np.float32(0.1 * scale), np.float32(0.9 * scale / n)
+        off = np.float32(n / 9)
+        f = np.arange(n, dtype=np.float32)
+        centres = ((off + (f + np.float32(0.5))) * width_).astype(np.float32)
+        codes = (1 << fraction_bits) + np.arange(n)
+        values[codes] = centres
+        if signed:
+            values[codes | (1 << width)] = -centres
+        lower.append(low)
+        step.append(width_)
+        offset.append(off)
+        inverse_width.append(n / (0.9 * scale))
+        first_code.append(1 << fraction_bits)
+        bottoms.append(np.float32(centres[0]))
+        tops.append(np.float32(centres[-1]))
+    one = 1 << width if signed else 1
+    values[one] = 1.0
+    values32 = values.astype(np.float32)
+
+    def mid(a: Any, b: Any) -> float:
+        return float(np.float32((np.float64(a) + np.float64(b)) / 2))
+
+    thresholds = [mid(tops[d - 1], bottoms[d]) for d in range(1, exponent_bits)]
+    name = "dynamic_signed" if signed else "dynamic_unsigned"
+    return _CodeMap(
+        name=name,
+        bits=bits,
+        values=values32,
+        width=width,
+        one=one,
+        thresholds=np.asarray(thresholds, np.float32),
+        lower=np.asarray(lower, np.float32),
+        step=np.asarray(step, np.float32),
+        offset=np.asarray(offset, np.float32),
+        inverse_width=np.asarray(inverse_width, np.float32),
+        first_code=np.asarray(first_code, np.int32),
+        zero_cut=mid(0.0, bottoms[0]),
+        one_cut=mid(tops[-1], 1.0),
+    )
+
+
+def _linear_nonzero_map(bits: int) -> _CodeMap:
+    n = 2**bits
+    values = ((np.arange(n) + 1) / n).astype(np.float32)
+    empty = np.zeros(0, np.float32)
+    return _CodeMap(
+        "linear_nonzero", bits, values, bits, n - 1, empty, empty, empty, empty, empty,
+        np.zeros(0, np.int32), 0.0, 1.0,
+    )  # fmt: skip
+
+
+# Built once: (map name, bits) -> map. 8-bit: the dynamic maps with 7 exponent
+# bits of Dettmers et al.; 4-bit: the signed dynamic map with 3 exponent bits
+# and the linear map without zero of Li et al.
+_MAPS = {
+    ("dynamic_signed", 8): _dynamic_map(True, 8, 7),
+    ("dynamic_unsigned", 8): _dynamic_map(False, 8, 7),
+    ("dynamic_signed", 4): _dynamic_map(True, 4, 3),
+    ("linear_nonzero", 4): _linear_nonzero_map(4),
+}
+for _m in _MAPS.values():
+    _m.values.flags.writeable = False
+
+
+def _map_for(bits: int, signed: bool) -> str:
+    """The map a moment of this sign uses at this width."""
+    if signed:
+        return "dynamic_signed"
+    return "dynamic_unsigned" if bits == 8 else "linear_nonzero"
+
+
+def code_map(name: str, bits: int) -> np.ndarray:
+    """The value of each code of a code map, indexed by code.
+
+    Args:
+        name: ``"dynamic_signed"`` (first moments), ``"dynamic_unsigned"``
+            (8-bit second moments) or ``"linear_nonzero"`` (4-bit second
+            moments).
+        bits: 8 or 4.
+
+    Returns:
+        A read-only float32 array of ``2**bits`` values in :math:`[-1, 1]`.
+
+    Example:
+        >>> from adamx.lowbit import code_map
+        >>> code_map("linear_nonzero", 4)[:3]
+        array([0.0625, 0.125 , 0.1875], dtype=float32)
+        >>> sorted(code_map("dynamic_signed", 4))[-3:]
+        [np.float32(0.6625), np.float32(0.8875), np.float32(1.0)]
+    """
+    key = (name, bits)
+    if key not in _MAPS:
+        raise ValueError(
+            f"no code map {name!r} with {bits} bits; the maps are {sorted(_MAPS)}"
+        )
+    return _MAPS[key].values
+
+
+def _encode(a: jax.Array, cmap: _CodeMap) -> jax.Array:
+    """The nearest code to each value of ``a`` (float32, in [-1, 1]), as int32."""
+    if cmap.name == "linear_nonzero":
+        n = 2**cmap.bits
+        # Nearest of (k + 1) / n; a tie goes to the smaller value.
+        k = jnp.ceil(jnp.abs(a) * jnp.float32(n) - jnp.float32(0.5)) - 1
+        return jnp.clip(k, 0, n - 1).astype(jnp.int32)
+    m = jnp.abs(a)
+    # Which decade: each threshold passed moves one decade up. The decades'
+    # bins are equal in width, so the nearest code within a decade is the bin
+    # the value falls in; the thresholds are the midpoints between decades, so
+    # the nearest code overall is in the decade chosen.
+    lower = jnp.float32(cmap.lower[0])
+    inverse = jnp.float32(cmap.inverse_width[0])
+    first = jnp.int32(cmap.first_code[0])
+    for d, t in enumerate(cmap.thresholds, start=1):
+        above = m > t
+        lower = jnp.where(above, cmap.lower[d], lower)
+        inverse = jnp.where(above, cmap.inverse_width[d], inverse)
+        first = jnp.where(above, cmap.first_code[d], first)
+    # A decade's last code is 2 * first - 1.
+    f = jnp.floor((m - lower) * inverse).astype(jnp.int32)
+    code = jnp.clip(first + f, first, 2 * first - 1)
+    code = jnp.where(m > cmap.zero_cut, code, 0)
+    if cmap.name == "dynamic_signed":
+        code = jnp.where((a < 0) & (code != 0), code | (1 << cmap.width), code)
+        # -1 has no code of its own; its nearest is the largest negative one.
+        code = jnp.where(a > cmap.one_cut, cmap.one, code)
+    else:
+        code = jnp.where(m > cmap.one_cut, cmap.one, code)
+    return code
+
+
+def _decode(codes: jax.Array, cmap: _CodeMap) -> jax.Array:
+    """The float32 value of each code, bit for bit ``cmap.values[codes]``.
+
+    Computed from the code's bits rather than looked up: a gather is slower on
+    CPU, and with sharded codes needs an output sharding spelled out.
+    """
+    if cmap.name == "linear_nonzero":
+        n = 2**cmap.bits
+        return (codes.astype(jnp.float32) + 1) * jnp.float32(1 / n)
+    c = codes.astype(jnp.int32)
+    rest = c & ((1 << cmap.width) - 1)
+    # The exponent E is the number of leading zeros below the sign bit.
+    zeros = jax.lax.clz(rest) - (32 - cmap.width)
+    decades = len(cmap.lower)
+    offset = jnp.float32(cmap.offset[-1])
+    step = jnp.float32(cmap.step[-1])
+    for d in range(decades - 1):
+        at = zeros == decades - 1 - d
+        offset = jnp.where(at, cmap.offset[d], offset)
+        step = jnp.where(at, cmap.step[d], step)
+    first = jnp.left_shift(1, jnp.maximum(cmap.width - 1 - zeros, 0))
+    fraction = (rest - first).astype(jnp.float32) + jnp.float32(0.5)
+    value = (offset + fraction) * step
+    if cmap.name == "dynamic_signed":
+        negative = (c >> cmap.width) == 1
+        value = jnp.where(negative, -value, value)
+        special = jnp.where(negative, jnp.float32(1), jnp.float32(0))
+        return jnp.where(rest == 0, special, value)
+    value = jnp.where(rest == 1, jnp.float32(1), value)
+    return jnp.where(rest == 0, jnp.float32(0), value)
+
+
+def _pack(codes: jax.Array, bits: int) -> jax.Array:
+    """int32 codes of shape (k, block) to uint8 bytes of shape (k, block*bits/8)."""
+    if bits == 8:
+        return codes.astype(jnp.uint8)
+    pairs = codes.reshape(codes.shape[0], codes.shape[1] // 2, 2)
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(jnp.uint8)
+
+
+def _unpack(packed: jax.Array, bits: int) -> jax.Array:
+    if bits == 8:
+        return packed
+    pairs = jnp.stack([packed & 0xF, packed >> 4], axis=-1)
+    return pairs.reshape(packed.shape[0], packed.shape[1] * 2)
+
+
+def _quantize_blocks(
+    x: jax.Array, cmap: _CodeMap, bits: int
+) -> tuple[jax.Array, jax.Array]:
+    """Blocks (k, block) of float32 to (codes, absmax)."""
+    # max and -min, not max(abs): XLA's CPU reduction of an abs is several
+    # times slower.
+    absmax = jnp.maximum(jnp.max(x, axis=1), -jnp.min(x, axis=1))
+    absmax = jnp.maximum(absmax, jnp.float32(0))
+    inverse = jnp.where(absmax > 0, 1 / absmax, jnp.float32(0))
+    codes = _encode(x * inverse[:, None], cmap)
+    return _pack(codes, bits), absmax
+
+
+def _dequantize_blocks(
+    packed: jax.Array, absmax: jax.Array, cmap: _CodeMap, bits: int
+) -> jax.Array:
+    return _decode(_unpack(packed, bits), cmap) * absmax[:, None]
+
+
+# ------------------------------------------------------------ QuantizedArray
+
+
+class QuantizedFormat(NamedTuple):
+    """The static part of a :class:`QuantizedArray`."""
+
+    shape: tuple[int, ...]  # of the array it stands for
+    dtype: str  # that array's dtype, which dequantize returns
+    block_size: int  # elements per block
+    bits: int  # bits per code: 8 or 4
+    code_map: str  # "dynamic_signed", "dynamic_unsigned" or "linear_nonzero"
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class QuantizedArray:
+    r"""An array stored as block-wise codes: a pytree of ``codes`` and ``absmax``.
+
+    The array is flattened, padded with zeros to whole blocks, and each block
+    :math:`b` kept as its largest magnitude :math:`a_b` (float32) and one code
+    per element into a code map :math:`Q` (see the module docstring):
+    :math:`\tilde x_i = a_b\, Q_{c_i}`. Its two children are the only leaves,
+    so ``jax.jit``, buffer donation, ``jax.eval_shape`` and
+    :mod:`adamx.checkpoint` treat it like any other state; shape, dtype, block
+    size, bits and the map's name are static.
+
+    Attributes:
+        codes: uint8, shape ``(num_blocks, block_size * bits // 8)``; with 4
+            bits, two codes per byte, the first in the low half.
+        absmax: float32, shape ``(num_blocks,)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import quantize
+        >>> q = quantize(jnp.linspace(-1.0, 1.0, 512), bits=8, signed=True)
+        >>> q
+        QuantizedArray((512,), float32, 8 bits, dynamic_signed, blocks of 256)
+        >>> q.codes.shape, q.codes.dtype, q.absmax.shape
+        ((2, 256), dtype('uint8'), (2,))
+        >>> err = jnp.abs(q.dequantize() - jnp.linspace(-1.0, 1.0, 512))
+        >>> round(float(jnp.max(err)), 4)
+        0.007
+    """
+
+    def __init__(self, codes: Any, absmax: Any, fmt: QuantizedFormat) -> None:
+        self.codes = codes
+        self.absmax = absmax
+        self.format = fmt
+
+    def tree_flatten_with_keys(self):
+        children = [
+            (jax.tree_util.GetAttrKey("codes"), self.codes),
+            (jax.tree_util.GetAttrKey("absmax"), self.absmax),
+        ]
+        return children, self.format
+
+    @classmethod
+    def tree_unflatten(cls, fmt: QuantizedFormat, children: Any) -> QuantizedArray:
+        return cls(children[0], children[1], fmt)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.format.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.format.dtype)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.format.shape)
+
+    @property
+    def bits(self) -> int:
+        return self.format.bits
+
+    @property
+    def block_size(self) -> int:
+        return self.format.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.size // self.format.block_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the codes and the block maxima."""
+        return _nbytes(self.codes) + _nbytes(self.absmax)
+
+    def dequantize(self) -> jax.Array:
+        """The array the codes stand for, in :attr:`dtype` and :attr:`shape`."""
+        return dequantize(self)
+
+    def __repr__(self) -> str:
+        f = self.format
+        return (
+            f"QuantizedArray({f.shape}, {f.dtype}, {f.bits} bits, {f.code_map}, "
+            f"blocks of {f.block_size})"
+        )
+
+
+def _format(
+    shape: tuple[int, ...], dtype: Any, bits: int, signed: bool, block_size: Any
+) -> QuantizedFormat:
+    if bits not in BLOCK_SIZES:
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    if block_size is None:
+        block_size = BLOCK_SIZES[bits]
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, (int, np.integer))
+        or block_size <= 0
+        or block_size % 2
+    ):
+        raise ValueError(f"block_size must be a positive even int, got {block_size!r}")
+    return QuantizedFormat(
+        tuple(int(d) for d in shape),
+        jnp.dtype(dtype).name,
+        int(block_size),
+        bits,
+        _map_for(bits, signed),
+    )
+
+
+def _as_blocks(x: jax.Array, fmt: QuantizedFormat) -> jax.Array:
+    """Flatten, pad with zeros to whole blocks: shape (k, block), x's dtype."""
+    flat = jnp.reshape(x, (-1,))
+    size = flat.shape[0]
+    padded = -(-size // fmt.block_size) * fmt.block_size
+    if padded != size:
+        flat = jnp.pad(flat, (0, padded - size))
+    return flat.reshape(padded // fmt.block_size, fmt.block_size)
+
+
+def _from_blocks(blocks: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    flat = blocks.reshape(-1)
+    size = math.prod(shape)
+    if flat.shape[0] != size:
+        flat = flat[:size]
+    return flat.reshape(shape).astype(dtype)
+
+
+def quantize(
+    x: jax.typing.ArrayLike,
+    bits: int = 8,
+    signed: bool = True,
+    block_size: int | None = None,
+) -> QuantizedArray:
+    r"""Quantize an array block-wise to the nearest codes of a code map.
+
+    .. math::
+        a_b = \max_{i \in b} |x_i|, \qquad
+        c_i = \operatorname*{arg\,min}_k |x_i / a_b - Q_k|
+
+    The map :math:`Q` is chosen by ``bits`` and ``signed``: the signed dynamic
+    map for signed values; for non-negative values the unsigned dynamic map
+    with 8 bits and the linear map without zero, :math:`Q_k = (k + 1) / 16`,
+    with 4. A block of zeros has :math:`a_b = 0` and stands for zeros.
+
+    Args:
+        x: the array (any float dtype; computed in float32).
+        bits: 8 or 4 bits per code.
+        signed: whether ``x`` may be negative.
+        block_size: elements per block; ``None`` for 256 with 8 bits and 128
+            with 4.
+
+    Returns:
+        A :class:`QuantizedArray`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import quantize
+        >>> q = quantize(jnp.array([0.0, 0.5, 1.0, 2.0]), bits=4, signed=False)
+        >>> q.dequantize()
+        Array([0.125, 0.5  , 1.   , 2.   ], dtype=float32)
+    """
+    x = jnp.asarray(x)
+    fmt = _format(tuple(x.shape), x.dtype, bits, signed, block_size)
+    cmap = _MAPS[(fmt.code_map, bits)]
+    codes, absmax = _quantize_blocks(_as_blocks(x, fmt).astype(jnp.float32), cmap, bits)
+    return QuantizedArray(codes, absmax, fmt)
+
+
+def dequantize(q: QuantizedArray) -> jax.Array:
+    r"""The array a :class:`QuantizedArray` stands for: :math:`a_b\, Q_{c_i}`.
+
+    Args:
+        q: the quantized array.
+
+    Returns:
+        An array of ``q.shape`` and ``q.dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import dequantize, quantize
+        >>> dequantize(quantize(jnp.array([-2.0, 0.0, 1.0]), bits=8))
+        Array([-1.9859376,  0.       ,  1.0015625], dtype=float32)
+    """
+    fmt = q.format
+    cmap = _MAPS[(fmt.code_map, fmt.bits)]
+    blocks = _dequantize_blocks(q.codes, q.absmax, cmap, fmt.bits)
+    return _from_blocks(blocks, fmt.shape, fmt.dtype)
+
+
+def _zeros(like: Any, dtype: Any, bits: int, signed: bool) -> QuantizedArray:
+    """The quantized zeros standing in for a moment shaped like ``like``."""
+    fmt = _format(tuple(like.shape), dtype, bits, signed, None)
+    num_blocks = -(-math.prod(fmt.shape) // fmt.block_size)
+    codes = jnp.zeros((num_blocks, fmt.block_size * bits // 8), jnp.uint8)
+    absmax = jnp.zeros((num_blocks,), jnp.float32)
+    codes, absmax = _place_like(like, fmt, codes, absmax)
+    return QuantizedArray(codes, absmax, fmt)
+
+
+def _row_axes(spec: Any, mesh: Any, fmt: QuantizedFormat) -> Any:
+    """The mesh axes that split whole blocks, if the array is split by rows only.
+
+    An array split along its first dimension alone, each shard a whole number
+    of blocks, has its blocks split the same way; ``None`` otherwise.
+    """
+    if spec is None or mesh is None or not fmt.shape:
+        return None
+    entries = tuple(spec) + (None,) * (len(fmt.shape) - len(tuple(spec)))
+    first, rest = entries[0], entries[1:]
+    if first is None or any(r is not None for r in rest):
+        return None
+    axes = first if isinstance(first, tuple) else (first,)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    rows = fmt.shape[0]
+    per_shard = rows // shards * math.prod(fmt.shape[1:])
+    if rows % shards or per_shard % fmt.block_size:
+        return None
+    return first
+
+
+def _place_like(like: Any, fmt: QuantizedFormat, codes: Any, absmax: Any) -> tuple:
+    """Put the codes on the devices of a concrete, sharded param.
+
+    Where the param is split along its first dimension only and each shard
+    holds whole blocks, the blocks are split the same way, so each device
+    quantizes its own rows; otherwise they are replicated over its devices.
+    """
+    sharding = getattr(like, "sharding", None)
+    if (
+        isinstance(like, jax.core.Tracer)
+        or not isinstance(like, jax.Array)
+        or sharding is None
+        or len(sharding.device_set) == 1
+    ):
+        return codes, absmax
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    split = _row_axes(spec, mesh, fmt)
+    if mesh is not None:
+        P = jax.sharding.PartitionSpec
+        named = jax.sharding.NamedSharding
+        return (
+            jax.device_put(codes, named(mesh, P(split, None))),
+            jax.device_put(absmax, named(mesh, P(split))),
+        )
+    replicated = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(sorted(sharding.device_set, key=lambda d: d.id)),
+                          ("devices",)),
+        jax.sharding.PartitionSpec(),
+    )  # fmt: skip
+    return jax.device_put(codes, replicated), jax.device_put(absmax, replicated)
+
+
+def is_quantized(x: Any) -> bool:
+    """Whether ``x`` is a :class:`QuantizedArray`."""
+    return isinstance(x, QuantizedArray)
+
+
+# --------------------------------------------------- state_bits for Adam family
+
+
+def check_state_bits(state_bits: Any, **dtypes: Any) -> int | None:
+    """Validate ``state_bits``, and that no dtype argument also sets the storage.
+
+    Optax's ``inject_hyperparams`` passes every number as an array, and traced
+    ones while the step is traced; the storage of a state already built is read
+    from the state, so a traced ``state_bits`` is let through as ``None``.
+
+    Args:
+        state_bits: 32, 16, 8 or 4 (or a 0-d array holding one).
+        **dtypes: the dtype arguments of the same factory (``mu_dtype=...``);
+            any that is not ``None`` conflicts with ``state_bits != 32``.
+
+    Returns:
+        ``state_bits`` as an int, or ``None`` if it is traced.
+    """
+    if isinstance(state_bits, jax.core.Tracer):
+        return None
+    if isinstance(state_bits, (jax.Array, np.ndarray, np.generic)) and not (
+        np.ndim(state_bits) or jnp.issubdtype(state_bits.dtype, jnp.bool_)
+    ):
+        value = np.asarray(state_bits).item()
+        state_bits = int(value) if value in STATE_BITS else state_bits
+    if (
+        isinstance(state_bits, bool)
+        or not isinstance(state_bits, (int, np.integer))
+        or state_bits not in STATE_BITS
+    ):
+        raise ValueError(f"state_bits must be one of 32, 16, 8, 4, got {state_bits!r}")
+    given = [f"{k}={v!r}" for k, v in dtypes.items() if v is not None]
+    if state_bits != 32 and given:
+        raise ValueError(
+            f"state_bits={state_bits} sets how the moments are stored, and so does "
+            f"{' and '.join(given)}: pass one or the other, not both"
+        )
+    return int(state_bits)
+
+
+def init_moment(params: Params, state_bits: int, signed: bool, dtype: Any) -> Any:
+    """Zeros for one moment of every param, stored as ``state_bits`` says.
+
+    32: ``dtype`` (``None``: the params' dtype); 16: bfloat16; 8 and 4: a
+    :class:`QuantizedArray` for each floating param of at least
+    :data:`MIN_QUANTIZED_SIZE` elements, float32 (or wider) zeros for the rest.
+    """
+    if state_bits is None:
+        raise ValueError(
+            "state_bits must be known to build the state, got a traced value: "
+            "keep it out of the traced hyperparameters (static_args='state_bits')"
+        )
+    if state_bits == 32:
+        return tree_zeros_like(params, dtype)
+    if state_bits == 16:
+        return tree_zeros_like(params, jnp.bfloat16)
+
+    def leaf(p):
+        store = wider_dtype(p.dtype, jnp.float32)
+        if (
+            jnp.issubdtype(p.dtype, jnp.floating)
+            and math.prod(p.shape) >= MIN_QUANTIZED_SIZE
+        ):
+            return _zeros(p, store, state_bits, signed)
+        return jnp.zeros_like(p, dtype=store)
+
+    return jax.tree.map(leaf, params)
+
+
+def as_placeholders(tree: Any) -> Any:
+    """``tree`` with each :class:`QuantizedArray` replaced by one leaf.
+
+    Its structure is then that of the params, for structure checks.
+    """
+    return jax.tree.map(
+        lambda x: x.absmax if is_quantized(x) else x, tree, is_leaf=is_quantized
+    )
+
+
+def store_like(x: Any, like: Any) -> Any:
+    """A fresh moment in the storage of ``like`` (already so when quantized)."""
+    if is_quantized(like):
+        return x
+    return x.astype(like.dtype)
+
+
+def update_moments(
+    body: Callable[..., tuple], compute_dtype: Any, g: jax.Array, *moments: Any
+) -> tuple:
+    """Run an element-wise leaf update on stored moments, storing them again.
+
+    ``body(g, *moments)`` gets the moments in ``compute_dtype`` and returns
+    ``(update, *new_moments)`` in it. Moments stored as arrays are cast in
+    and returned as computed (the caller casts them back); quantized ones are
+    dequantized, and the new values quantized again, one chunk of blocks at a
+    time.
+
+    Args:
+        body: the element-wise update of one leaf.
+        compute_dtype: the dtype ``body`` computes in.
+        g: the gradient leaf.
+        *moments: the stored moments of that leaf.
+
+    Returns:
+        ``(update, *new_moments)``, the update in the shape of ``g``.
+    """
+    quantized = [m for m in moments if is_quantized(m)]
+    if not quantized:
+        return body(g, *(m.astype(compute_dtype) for m in moments))
+    fmt = quantized[0].format
+    if len(quantized) != len(moments) or any(
+        m.block_size != fmt.block_size for m in quantized
+    ):
+        # Mixed storage: whole arrays, no chunks.
+        loaded = [
+            dequantize(m) if is_quantized(m) else m for m in moments
+        ]  # fmt: skip
+        u, *new = body(g, *(m.astype(compute_dtype) for m in loaded))
+        new = [
+            _requantize(x, m) if is_quantized(m) else x
+            for x, m in zip(new, moments, strict=True)
+        ]
+        return (u, *new)
+
+    maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
+    explicit = _explicit_sharding(g)
+    if explicit is not None:
+        return _update_explicit(body, compute_dtype, g, moments, explicit)
+    g_blocks = _as_blocks(g, fmt)
+
+    def chunk(g_part, codes, absmaxes):
+        loaded = [
+            _dequantize_blocks(c, a, cm, m.bits).astype(compute_dtype)
+            for c, a, cm, m in zip(codes, absmaxes, maps, moments, strict=True)
+        ]
+        u, *new = body(g_part, *loaded)
+        stored = [
+            _quantize_blocks(x.astype(jnp.float32), cm, m.bits)
+            for x, cm, m in zip(new, maps, moments, strict=True)
+        ]
+        return u, [s[0] for s in stored], [s[1] for s in stored]
+
+    num_blocks = g_blocks.shape[0]
+    per_chunk = max(1, _CHUNK_ELEMENTS // fmt.block_size)
+    codes = [m.codes for m in moments]
+    absmaxes = [m.absmax for m in moments]
+    if num_blocks <= per_chunk:
+        u, codes, absmaxes = chunk(g_blocks, codes, absmaxes)
+    else:
+        u, codes, absmaxes = _chunked(chunk, g_blocks, codes, absmaxes, per_chunk)
+    new = [
+        QuantizedArray(c, a, m.format)
+        for c, a, m in zip(codes, absmaxes, moments, strict=True)
+    ]
+    return (_from_blocks(u, tuple(g.shape), u.dtype), *new)
+
+
+def _explicit_sharding(x: Any) -> Any:
+    """The sharding of ``x`` if it is split over explicit mesh axes, else None.
+
+    With explicit axes (the default of ``jax.make_mesh``) a sharding is part of
+    the type: reshapes and slices must say where their results live.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
+    if mesh is None or spec is None:
+        return None
+    types = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False))
+    used = [
+        a for e in spec if e is not None for a in (e if isinstance(e, tuple) else (e,))
+    ]
+    explicit = jax.sharding.AxisType.Explicit
+    return sharding if any(types.get(a) == explicit for a in used) else None
+
+
+def _update_explicit(
+    body: Callable[..., tuple],
+    compute_dtype: Any,
+    g: jax.Array,
+    moments: tuple,
+    sharding: Any,
+) -> tuple:
+    """:func:`update_moments` for a gradient split over explicit mesh axes.
+
+    Split by rows into whole blocks, each device updates its own blocks in one
+    pass. Split otherwise, blocks would straddle devices: the leaf is gathered,
+    updated with replicated codes, and the update split again.
+    """
+    mesh = sharding.mesh
+
+    def on(*entries: Any) -> Any:
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries))
+
+    reshard = jax.sharding.reshard
+    fmt = moments[0].format
+    rows = _row_axes(sharding.spec, mesh, fmt)
+    if rows is None:
+        whole = [
+            QuantizedArray(
+                reshard(m.codes, on(None, None)), reshard(m.absmax, on(None)), m.format
+            )
+            for m in moments
+        ]
+        u, *new = update_moments(body, compute_dtype, reshard(g, on()), *whole)
+        return (reshard(u, sharding), *new)
+    maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
+    blocks = (math.prod(fmt.shape) // fmt.block_size, fmt.block_size)
+    g_blocks = jnp.reshape(g, blocks, out_sharding=on(rows, None))
+    loaded = [
+        _dequantize_blocks(
+            reshard(m.codes, on(rows, None)), reshard(m.absmax, on(rows)), cm, m.bits
+        ).astype(compute_dtype)
+        for m, cm in zip(moments, maps, strict=True)
+    ]
+    u, *new = body(g_blocks, *loaded)
+    stored = [
+        QuantizedArray(*_quantize_blocks(x.astype(jnp.float32), cm, m.bits), m.format)
+        for x, cm, m in zip(new, maps, moments, strict=True)
+    ]
+    return (jnp.reshape(u, g.shape, out_sharding=sharding), *stored)
+
+
+def _chunked(
+    chunk: Callable[..., tuple],
+    g_blocks: jax.Array,
+    codes: list[jax.Array],
+    absmaxes: list[jax.Array],
+    per_chunk: int,
+) -> tuple:
+    """``chunk`` over ``per_chunk`` blocks at a time, writing results in place."""
+    num_blocks = g_blocks.shape[0]
+    full = num_blocks // per_chunk
+
+    def run(start, size, carry):
+        u, codes, absmaxes = carry
+        take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, 0)  # noqa: E731
+        u_part, c_part, a_part = chunk(
+            take(g_blocks), [take(c) for c in codes], [take(a) for a in absmaxes]
+        )
+        put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)  # noqa: E731
+        return (
+            put(u, u_part),
+            [put(c, p) for c, p in zip(codes, c_part, strict=True)],
+            [put(a, p) for a, p in zip(absmaxes, a_part, strict=True)],
+        )
+
+    u_dtype = jax.eval_shape(
+        lambda: chunk(g_blocks[:per_chunk], [c[:per_chunk] for c in codes],
+                      [a[:per_chunk] for a in absmaxes])[0]
+    ).dtype  # fmt: skip
+    carry = (jnp.zeros(g_blocks.shape, u_dtype), list(codes), list(absmaxes))
+    carry = jax.lax.fori_loop(
+        0, full, lambda i, c: run(i * per_chunk, per_chunk, c), carry
+    )
+    rest = num_blocks - full * per_chunk
+    if rest:
+        carry = run(full * per_chunk, rest, carry)
+    return carry
+
+
+def _requantize(x: jax.Array, like: QuantizedArray) -> QuantizedArray:
+    fmt = like.format
+    cmap = _MAPS[(fmt.code_map, fmt.bits)]
+    blocks = _as_blocks(x, fmt).astype(jnp.float32)
+    codes, absmax = _quantize_blocks(blocks, cmap, fmt.bits)
+    return QuantizedArray(codes, absmax, fmt)
+
+
+# ------------------------------------------------------------------ counting
+
+
+def _nbytes(x: Any) -> int:
+    dtype = getattr(x, "dtype", None)
+    shape = getattr(x, "shape", None)
+    if dtype is None or shape is None:
+        return 0
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        data = jax.eval_shape(jax.random.key_data, x)
+        return math.prod(data.shape) * np.dtype(data.dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def state_nbytes(state: Any) -> int:
+    r"""The bytes the arrays of a state hold, summed over all its leaves.
+
+    .. math:: \text{bytes} = \sum_{\text{leaves } x} |x| \cdot
+        \text{itemsize}(x)
+
+    A :class:`QuantizedArray` counts its codes and block maxima; a typed PRNG
+    key its key data; Python numbers count nothing. Works on
+    ``jax.eval_shape(tx.init, params)`` too, so a configuration can be sized
+    without allocating it.
+
+    Args:
+        state: any pytree of arrays or ``jax.ShapeDtypeStruct``.
+
+    Returns:
+        The number of bytes, an ``int``.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> from adamx.lowbit import state_nbytes
+        >>> params = {"w": jnp.zeros((1024, 1024))}
+        >>> for bits in (32, 16, 8, 4):
+        ...     tx = adamx.adam(1e-3, state_bits=bits)
+        ...     n = state_nbytes(jax.eval_shape(tx.init, params))
+        ...     print(bits, n / 2**20)
+        32 8.000...
+        16 4.000...
+        8 2.031...
+        4 1.062...
+    """
+    return sum(_nbytes(x) for x in jax.tree.leaves(state))
+
+
+# -------------------------------------------------------- low-precision params
+
+
+def _is_low_precision(p: Any) -> bool:
+    dtype = getattr(p, "dtype", None)
+    return (
+        dtype is not None
+        and jnp.issubdtype(dtype, jnp.floating)
+        and jnp.dtype(dtype).itemsize < 4
+    )
+
+
+class KahanSummationState(NamedTuple):
+    """State of :func:`kahan_summation`."""
+
+    inner_state: Any  # the wrapped optimizer's state
+    compensation: Any  # like params (low-precision leaves), MaskedNode elsewhere
+
+
+def kahan_summation(
+    inner: GradientTransformation, compensation_dtype: Any | None = None
+) -> GradientTransformation:
+    r"""Compensated (Kahan) summation of the updates into low-precision params.
+
+    .. math::
+        \begin{aligned}
+        y_t &= u_t + c_{t-1} \\
+        \theta_t &= \operatorname{round}(\theta_{t-1} + y_t) \\
+        c_t &= y_t - (\theta_t - \theta_{t-1})
+        \end{aligned}
+
+    :math:`u_t` is the inner optimizer's update and :math:`\operatorname{round}`
+    the rounding to the params' dtype. An update below half the spacing of the
+    params is not lost but kept in :math:`c` until enough of it has gathered.
+    This runs for bfloat16 and float16 leaves; wider ones pass through.
+
+    The returned updates are :math:`\theta_t - \theta_{t-1}` in float32, so
+    :func:`adamx.apply_updates` lands exactly on :math:`\theta_t`; wrap the whole
+    optimizer, with nothing after it. The compensation is stored by default in
+    the params' dtype, as in optimi: it is at most half a unit in the last place
+    of :math:`\theta`, so in bfloat16 it carries 8 more significant bits below
+    the param's last one, 16 in all, for 2 bytes per param instead of the 4 of
+    float32 params (``compensation_dtype=jnp.float32`` keeps 24 more, for 4).
+
+    Args:
+        inner: the optimizer whose updates are summed.
+        compensation_dtype: dtype of :math:`c`; ``None`` uses each param's.
+
+    Returns:
+        A :class:`~adamx.GradientTransformation` with state
+        :class:`KahanSummationState`; ``update`` needs ``params``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> from adamx.lowbit import kahan_summation
+        >>> params = jnp.ones(2, jnp.bfloat16)
+        >>> tx = kahan_summation(adamx.sgd(1e-3))
+        >>> state = tx.init(params)
+        >>> for _ in range(100):  # each step is 1e-3, a quarter of a bf16 spacing
+        ...     u, state = tx.update(-jnp.ones(2, jnp.bfloat16), state, params)
+        ...     params = adamx.apply_updates(params, u)
+        >>> params
+        Array([1.10156, 1.10156], dtype=bfloat16)
+    """
+    check_transformation("inner", inner)
+    if compensation_dtype is not None:
+        compensation_dtype = jnp.dtype(compensation_dtype)
+        if not jnp.issubdtype(compensation_dtype, jnp.floating):
+            raise TypeError(
+                f"compensation_dtype must be a floating dtype, got "
+                f"{compensation_dtype!r}"
+            )
+
+    def init_fn(params):
+        def leaf(p):
+            if not _is_low_precision(p):
+                return MaskedNode()
+            return jnp.zeros_like(p, dtype=compensation_dtype or p.dtype)
+
+        return KahanSummationState(inner.init(params), jax.tree.map(leaf, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        require_params("kahan_summation", params)
+        updates, inner_state = call_update(
+            inner, updates, state.inner_state, params, extra_args
+        )
+        p_leaves, treedef = jax.tree.flatten(params)
+        u_leaves = treedef.flatten_up_to(updates)
+        c_leaves = treedef.flatten_up_to(state.compensation)
+        new_u, new_c = [], []
+        for p, u, c in zip(p_leaves, u_leaves, c_leaves, strict=True):
+            if isinstance(c, MaskedNode):
+                new_u.append(u)
+                new_c.append(c)
+                continue
+            ct = wider_dtype(p.dtype, u.dtype, c.dtype, jnp.float32)
+            p_ = p.astype(ct)
+            y = u.astype(ct) + c.astype(ct)
+            # Both are values of p's dtype, so their difference in float32 is
+            # exact and p + delta gives back the rounded sum.
+            delta = (p_ + y).astype(p.dtype).astype(ct) - p_
+            new_u.append(delta)
+            new_c.append((y - delta).astype(c.dtype))
+        return treedef.unflatten(new_u), KahanSummationState(
+            inner_state, treedef.unflatten(new_c)
+        )
+
+    tx = GradientTransformation(init_fn, update_fn)
+    return elementwise(tx) if is_elementwise(inner) else tx
+
+
+class StochasticRoundingState(NamedTuple):
+    """State of :func:`stochastic_rounding`."""
+
+    inner_state: Any  # the wrapped optimizer's state
+    key: jax.Array  # shape=(), typed PRNG key: split once per step
+
+
+def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
+    r"""Round ``x`` to ``dtype`` up or down at random, exactly in expectation.
+
+    .. math::
+        \operatorname{sr}(x) = \begin{cases} \lceil x \rceil & \text{with
+        probability } (x - \lfloor x \rfloor) / (\lceil x \rceil - \lfloor x
+        \rfloor) \\ \lfloor x \rfloor & \text{otherwise} \end{cases}, \qquad
+        \mathbb{E}[\operatorname{sr}(x)] = x
+
+    where :math:`\lfloor x \rfloor, \lceil x \rceil` are the neighbours of
+    :math:`x` in ``dtype``. For bfloat16, the upper half of a float32, 16
+    random bits are added to the lower half before it is cut off, so the
+    probabilities are exact to :math:`2^{-16}` of a spacing.
+
+    Args:
+        x: values in float32 (or a wider float).
+        dtype: the low-precision float dtype to round to.
+        key: a PRNG key.
+
+    Returns:
+        ``x`` rounded, in ``dtype``.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import stochastic_round
+        >>> x = jnp.full(100_000, 1.0 + 2.0**-9)  # a quarter of the way up
+        >>> r = stochastic_round(x, jnp.bfloat16, jax.random.key(0))
+        >>> sorted(set(r.tolist())), round(float(r.astype(jnp.float32).mean()), 4)
+        ([1.0, 1.0078125], 1.002)
+    """
+    dtype = jnp.dtype(dtype)
+    x = jnp.asarray(x).astype(jnp.float32)
+    if dtype == jnp.bfloat16:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        noise = jax.random.bits(key, x.shape, jnp.uint32) >> 16
+        # Adding to the magnitude's bits rounds the magnitude up with the right
+        # probability, for either sign; inf stays inf.
+        finite = jnp.isfinite(x)
+        bits = jnp.where(finite, bits + noise, bits) & jnp.uint32(0xFFFF0000)
+        return jax.lax.bitcast_convert_type(bits, jnp.float32).astype(dtype)
+    nearest = x.astype(dtype)
+    near = nearest.astype(jnp.float32)
+    other = jnp.nextafter(
+        nearest, jnp.where(near > x, -jnp.inf, jnp.inf).astype(dtype)
+    ).astype(jnp.float32)
+    low, high = jnp.minimum(near, other), jnp.maximum(near, other)
+    gap = high - low
+    up = jnp.where(gap > 0, (x - low) / jnp.where(gap > 0, gap, 1), 0)
+    draw = jax.random.uniform(key, x.shape, jnp.float32)
+    out = jnp.where(near == x, near, jnp.where(draw < up, high, low))
+    return jnp.where(jnp.isfinite(x), out, x).astype(dtype)
+
+
+def stochastic_rounding(
+    inner: GradientTransformation, seed: int | jax.Array = 0
+) -> GradientTransformation:
+    r"""Round the new low-precision params stochastically instead of to nearest.
+
+    .. math::
+        \theta_t = \operatorname{sr}(\theta_{t-1} + u_t), \qquad
+        \mathbb{E}[\theta_t \mid \theta_{t-1}] = \theta_{t-1} + u_t
+
+    :math:`u_t` is the inner optimizer's update, computed and added in float32,
+    and :math:`\operatorname{sr}` is :func:`stochastic_round` to the params'
+    dtype. An update far below the spacing of the params moves a param by one
+    spacing with a probability in proportion, so none is lost on average. This
+    runs for bfloat16 and float16 leaves; wider ones pass through.
+
+    The key is kept in the state and split once per step (and folded with the
+    leaf's index), so a run is determined by ``seed``. The returned updates are
+    :math:`\theta_t - \theta_{t-1}` in float32, so :func:`adamx.apply_updates`
+    lands exactly on :math:`\theta_t`; wrap the whole optimizer.
+
+    Args:
+        inner: the optimizer whose updates are rounded.
+        seed: an int, or a PRNG key (typed or raw ``uint32``).
+
+    Returns:
+        A :class:`~adamx.GradientTransformation` with state
+        :class:`StochasticRoundingState`; ``update`` needs ``params``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> from adamx.lowbit import stochastic_rounding
+        >>> params = jnp.ones(1000, jnp.bfloat16)
+        >>> tx = stochastic_rounding(adamx.sgd(1e-3), seed=0)
+        >>> state = tx.init(params)
+        >>> for _ in range(100):
+        ...     u, state = tx.update(-jnp.ones(1000, jnp.bfloat16), state, params)
+        ...     params = adamx.apply_updates(params, u)
+        >>> round(float(params.astype(jnp.float32).mean()), 2)
+        1.1
+    """
+    check_transformation("inner", inner)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        make_key = lambda: jax.random.key(int(seed))  # noqa: E731
+    elif isinstance(seed, jax.Array | np.ndarray) and (
+        jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key)
+        or seed.dtype == np.uint32
+    ):
+        key = seed
+        if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(jnp.asarray(key))
+        make_key = lambda: key  # noqa: E731
+    else:
+        raise TypeError(f"seed must be an int or a PRNG key, got {seed!r}")
+
+    def init_fn(params):
+        return StochasticRoundingState(inner.init(params), make_key())
+
+    def update_fn(updates, state, params=None, **extra_args):
+        require_params("stochastic_rounding", params)
+        updates, inner_state = call_update(
+            inner, updates, state.inner_state, params, extra_args
+        )
+        key, step_key = jax.random.split(state.key)
+        p_leaves, treedef = jax.tree.flatten(params)
+        u_leaves = treedef.flatten_up_to(updates)
+        new_u = []
+        for i, (p, u) in enumerate(zip(p_leaves, u_leaves, strict=True)):
+            if not _is_low_precision(p) or u is None:
+                new_u.append(u)
+                continue
+            ct = wider_dtype(p.dtype, u.dtype, jnp.float32)
+            p_ = p.astype(ct)
+            rounded = stochastic_round(
+                p_ + u.astype(ct), p.dtype, jax.random.fold_in(step_key, i)
+            )
+            new_u.append(rounded.astype(ct) - p_)
+        return treedef.unflatten(new_u), StochasticRoundingState(inner_state, key)
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,173 @@
+"""The CNN example's training code, end to end on tiny files in the real formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from cifar10 import data, model, train  # noqa: E402
+from test_cifar10_data import write_cifar10_folder, write_fashion_mnist  # noqa: E402
+
+import adamx  # noqa: E402
+
+# Two steps an epoch and a network a few hundred params wide: compiling dominates.
+TINY = "--batch-size 16 --widths 4,8 --hidden 16 --learning-rate 0.01"
+TINY += " --schedule-epochs 2 --dataset"
+
+
+def args_for(data_dir: Path, workdir: Path, extra: str = "", dataset="fashion_mnist"):
+    """The command line of a tiny run."""
+    paths = ["--data-dir", str(data_dir), "--workdir", str(workdir)]
+    return train.parse_args([*f"{TINY} {dataset} {extra}".split(), *paths])
+
+
+def final_state(args) -> dict:
+    """The last checkpoint of the run ``args`` describe, restored as a resume does."""
+    ds = data.load(args.dataset, args.data_dir)
+    net = model.CNN(ds.image_shape, ds.num_classes, args.widths, args.hidden,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+    _, params, batch_stats = model.split(net)
+    tx, _ = train.make_optimizer(args, data.steps_per_epoch(ds, args.batch_size))
+    target = {"params": params, "opt_state": tx.init(params)}
+    target |= {"batch_stats": batch_stats, "epoch": 0, "seed": 0}
+    last = train.checkpoints(Path(args.workdir) / "checkpoints")[-1]
+    return adamx.checkpoint.restore(last, target)
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=32, n_test=24)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(fmnist, tmp_path_factory):
+    """An uninterrupted two-epoch run on every (here eight) device."""
+    args = args_for(fmnist, tmp_path_factory.mktemp("two_epochs"), "--epochs 2")
+    return args, train.train(args)
+
+
+def test_training_end_to_end(two_epochs):
+    args, history = two_epochs
+    workdir = Path(args.workdir)
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == history
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert {"train_loss", "test_accuracy", "images_per_s"} <= h.keys()
+        assert np.isfinite(h["train_loss"]) and h["images_per_s"] > 0
+        assert 0.0 <= h["test_accuracy"] <= 1.0
+    assert (workdir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    names = [p.name for p in train.checkpoints(workdir / "checkpoints")]
+    assert names == ["epoch_1", "epoch_2"]
+    state = final_state(args)
+    assert (state["epoch"], state["seed"]) == (2, 0)
+    # Two epochs of two steps went through the optimizer.
+    assert int(state["opt_state"][0].count) == 4
+
+
+def test_a_fresh_run_refuses_a_workdir_with_checkpoints(two_epochs):
+    args, _ = two_epochs
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.train(args)
+
+
+def test_resume_is_exact(two_epochs, tmp_path):
+    args, uninterrupted = two_epochs
+    train.train(args_for(args.data_dir, tmp_path, "--epochs 1"))
+    resumed = train.train(args_for(args.data_dir, tmp_path, "--epochs 2 --resume"))
+    timings = ("images_per_s", "epoch_time_s", "loading_time_s")
+    for a, b in zip(uninterrupted, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k not in timings} == {
+            k: v for k, v in b.items() if k not in timings
+        }
+    a = final_state(args)
+    b = final_state(args_for(args.data_dir, tmp_path))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_killed_while_checkpointing_resumes_from_the_previous(
+    two_epochs, tmp_path, monkeypatch
+):
+    args, uninterrupted = two_epochs
+    rename = os.rename
+
+    def killed_at_epoch_2(src, dst):
+        if Path(dst).name == "epoch_2":
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(args_for(args.data_dir, tmp_path, "--epochs 2"))
+    monkeypatch.setattr(os, "rename", rename)
+    names = [p.name for p in train.checkpoints(tmp_path / "checkpoints")]
+    assert names == ["epoch_1"]
+    # The metrics line written just before is dropped, and the epoch done again.
+    resumed = train.train(args_for(args.data_dir, tmp_path, "--epochs 2 --resume"))
+    assert resumed[1]["train_loss"] == uninterrupted[1]["train_loss"]
+    assert resumed[1]["test_accuracy"] == uninterrupted[1]["test_accuracy"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (host) devices")
+def test_eight_devices_match_one(two_epochs, tmp_path):
+    args, eight = two_epochs
+    one_device = args_for(args.data_dir, tmp_path, "--epochs 2")
+    one = train.train(one_device, devices=jax.devices()[:1])
+    for a, b in zip(eight, one, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+    a, b = final_state(args), final_state(one_device)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_cifar10_end_to_end_with_optax(tmp_path):
+    optax = pytest.importorskip("optax")
+    folder = write_cifar10_folder(tmp_path / "data", per_batch=8)
+    args = args_for(folder, tmp_path / "run", "--epochs 1 --optimizer sgd", "cifar10")
+    history = train.train(args, lib=optax)
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+
+
+def test_the_optimizer_follows_the_schedule():
+    args = train.parse_args(["--optimizer", "nadam", "--schedule", "onecycle"])
+    tx, schedule = train.make_optimizer(args, steps_per_epoch=10)
+    params = {"w": jax.numpy.ones((2, 2))}
+    _, state = tx.update(params, tx.init(params), params)
+    assert float(adamx.get_learning_rate(state)) == pytest.approx(float(schedule(0)))
+
+
+def test_main_prints_the_accuracy(two_epochs, tmp_path, capsys):
+    args, _ = two_epochs
+    paths = ["--data-dir", args.data_dir, "--workdir", str(tmp_path)]
+    assert train.main([*f"{TINY} fashion_mnist --epochs 1".split(), *paths]) == 0
+    assert "test accuracy after 1 epochs:" in capsys.readouterr().out
+
+
+def test_missing_cifar10_ends_with_a_message_not_a_traceback(tmp_path):
+    script = ROOT / "examples" / "cifar10" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--no-download", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: CIFAR-10 not found")
+    assert str(tmp_path / "cifar-10-python.tar.gz") in result.stderr
