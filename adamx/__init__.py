@@ -33,6 +33,14 @@ from adamx.combine import (
     partition,
 )
 from adamx.fused import FlatParams, fused, ravel
+from adamx.lowbit import (
+    KahanSummationState,
+    QuantizedArray,
+    StochasticRoundingState,
+    kahan_summation,
+    state_nbytes,
+    stochastic_rounding,
+)
 from adamx.optimizers import (
     adabelief,
     adafactor,
@@ -130,6 +138,7 @@ __all__ = [
     "FlatParams",
     "GradientTransformation",
     "InjectHyperparamsState",
+    "KahanSummationState",
     "MaskedNode",
     "MaskedState",
     "MonitorState",
@@ -138,6 +147,7 @@ __all__ = [
     "OptState",
     "Params",
     "PartitionState",
+    "QuantizedArray",
     "ScalarOrSchedule",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
@@ -148,6 +158,7 @@ __all__ = [
     "ScaleByScheduleState",
     "ScaleByStddevState",
     "Schedule",
+    "StochasticRoundingState",
     "TraceState",
     "Updates",
     "adabelief",
@@ -182,6 +193,7 @@ __all__ = [
     "inject_hyperparams",
     "is_elementwise",
     "join_schedules",
+    "kahan_summation",
     "lamb",
     "linear_onecycle_schedule",
     "linear_schedule",
@@ -218,7 +230,9 @@ __all__ = [
     "sgd",
     "sgdr_schedule",
     "sharded",
+    "state_nbytes",
     "state_shardings",
+    "stochastic_rounding",
     "trace",
     "tree_zeros_like",
     "warmup_constant_schedule",
