@@ -227,7 +227,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         >>> adamx.apply_updates({"w": jnp.ones(2)}, {"w": jnp.array([0.5, -1.0])})
         {'w': Array([1.5, 0. ], dtype=float32)}
     """
-    check_same_structure("params", params, "updates", updates)
+    check_same_shapes("updates", updates, "params", params)
 
     def add(p, u):
         if p is None:
@@ -315,6 +315,34 @@ def check_same_structure(name_a: str, a: ArrayTree, name_b: str, b: ArrayTree) -
             f"The tree structure of {name_a} does not match that of {name_b}.\n"
             f"  {name_a}: {sa}\n  {name_b}: {sb}"
         )
+
+
+def check_same_shapes(name_a: str, a: ArrayTree, name_b: str, b: ArrayTree) -> None:
+    """Like :func:`check_same_structure`, and raise for the first pair of leaves whose
+    shapes differ, naming its key path: a leaf of the wrong shape would otherwise
+    fail deep inside ``jnp`` or, worse, be broadcast without a word.
+
+    Shapes are static, so the check costs nothing in a jitted step.
+    """
+    check_same_structure(name_a, a, name_b, b)
+    with_paths = jax.tree_util.tree_flatten_with_path(a, is_leaf=_is_none)[0]
+    for (path, x), y in zip(
+        with_paths, jax.tree.leaves(b, is_leaf=_is_none), strict=True
+    ):
+        if x is None or y is None:
+            continue
+        shape_a, shape_b = _shape(x), _shape(y)
+        if shape_a != shape_b:
+            where = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"{name_a}{where} has shape {shape_a}, but {name_b}{where} has "
+                f"shape {shape_b}"
+            )
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    shape = getattr(x, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(x)
 
 
 def require_params(name: str, params: Params | None) -> None:

@@ -670,11 +670,15 @@ def init_moment(params: Params, state_bits: int, signed: bool, dtype: Any) -> An
 def as_placeholders(tree: Any) -> Any:
     """``tree`` with each :class:`QuantizedArray` replaced by one leaf.
 
-    Its structure is then that of the params, for structure checks.
+    Its structure and leaf shapes are then those of the params, for checks.
     """
-    return jax.tree.map(
-        lambda x: x.absmax if is_quantized(x) else x, tree, is_leaf=is_quantized
-    )
+
+    def placeholder(x: Any) -> Any:
+        if is_quantized(x):
+            return jax.ShapeDtypeStruct(x.format.shape, x.format.dtype)
+        return x
+
+    return jax.tree.map(placeholder, tree, is_leaf=is_quantized)
 
 
 def store_like(x: Any, like: Any) -> Any:

@@ -749,6 +749,8 @@ def sgd(
         raise ValueError("nesterov=True needs a momentum, got momentum=None")
     if momentum is not None:
         checks.check_nonnegative("momentum", momentum)
+    # Checked even without momentum: a wrong dtype is a mistake either way.
+    accumulator_dtype = checks.check_float_dtype("accumulator_dtype", accumulator_dtype)
     stage = (
         identity()
         if momentum is None
@@ -871,6 +873,8 @@ def adafactor(
     checks.check_bool("multiply_by_parameter_scale", multiply_by_parameter_scale)
     if momentum is not None:
         checks.check_decay("momentum", momentum)
+    # Checked here, under the caller's name for it, even without momentum.
+    dtype_momentum = checks.check_float_dtype("dtype_momentum", dtype_momentum)
     stages = [
         scale_by_factored_rms(
             factored, decay_rate, decay_offset, min_dim_size_to_factor, eps

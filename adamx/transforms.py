@@ -27,6 +27,7 @@ from adamx.base import (
     GradientTransformation,
     ScalarOrSchedule,
     Schedule,
+    check_same_shapes,
     check_same_structure,
     elementwise,
     identity,
@@ -102,9 +103,12 @@ def _as_float(count: jax.Array) -> jax.Array:
     return jnp.asarray(count).astype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
-def _check_state_tree(updates: Any, state_tree: Any, name: str) -> None:
+def _check_state_tree(
+    updates: Any, state_tree: Any, name: str, *, shapes: bool = True
+) -> None:
     # A quantized moment is one node standing for one leaf of the params.
-    check_same_structure("updates", updates, name, lowbit.as_placeholders(state_tree))
+    check = check_same_shapes if shapes else check_same_structure
+    check("updates", updates, name, lowbit.as_placeholders(state_tree))
 
 
 def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
@@ -1500,7 +1504,8 @@ def scale_by_factored_rms(
 
     def update_fn(updates, state, params=None):
         require_params("scale_by_factored_rms", params)
-        _check_state_tree(updates, state.v, "state.v")
+        # Factored leaves keep (1,)-shaped placeholders in v: structure only.
+        _check_state_tree(updates, state.v, "state.v", shapes=False)
         beta = decay_rate_fn(state.count - step_offset, decay_rate)
 
         def leaf(g, row, col, v, p):

@@ -50,8 +50,9 @@ def step_times(args: argparse.Namespace, rounds: int, steps: int) -> dict[str, l
         state = step(*state, batch)[:3]  # compiles
         runs[name] = [step, state]
     times = {name: [] for name in LIBRARIES}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for r in range(rounds):
+        # Alternate which goes first, so that neither always follows the other.
+        for name, run in list(runs.items())[:: 1 if r % 2 else -1]:
             step, state = run
             jax.block_until_ready(state)
             start = time.perf_counter()

@@ -8,6 +8,10 @@ to ``optax.adam`` and the ratio to the bandwidth limit. Every step is jitted wit
 params and state donated; repetitions are interleaved across implementations and
 warm-up calls are excluded.
 
+The 8-bit and 4-bit rows time the same step with block-wise quantized moments
+(``state_bits``); their bandwidth columns still count 28 bytes per param, so read
+them as time relative to float32 Adam.
+
 Run: python benchmarks/step.py [--reps 15] [--json out.json] [--plot out.png]
      python benchmarks/step.py --quick   # small sizes, a few seconds
 """
@@ -153,6 +157,14 @@ def implementations(shapes, dtype, with_torch: bool) -> dict[str, Callable[[], N
         "adamx.adam": JaxStep(adamx.adam(1e-3), adamx.apply_updates, params, grads),
         "adamx fused (flat)": JaxStep(
             adamx.adam(1e-3, fused=True), adamx.apply_updates, flat_p, flat_g
+        ),
+        # Quantized moments (docs/memory.md): the same step, with the moments
+        # decoded and encoded again inside it.
+        "adamx 8-bit state": JaxStep(
+            adamx.adam(1e-3, state_bits=8), adamx.apply_updates, params, grads
+        ),
+        "adamx 4-bit state": JaxStep(
+            adamx.adam(1e-3, state_bits=4), adamx.apply_updates, params, grads
         ),
     }
     try:

@@ -24,7 +24,7 @@ from flax import nnx
 
 # Peak learning rates: the example's for the Adam family, the classic 0.1 for SGD
 # with Nesterov momentum 0.9.
-RATES = {"adam": 3e-3, "adamw": 3e-3, "nadam": 3e-3, "radam": 3e-3, "sgd": 0.1}
+RATES = {"adam": 6e-3, "adamw": 6e-3, "nadam": 6e-3, "radam": 6e-3, "sgd": 0.1}
 
 
 def run(args: argparse.Namespace, ds: data.Dataset) -> dict:

@@ -100,7 +100,7 @@ def test_fashion_mnist_reads_idx_files(tmp_path):
     assert ds.train_images.shape == (20, 28, 28, 1)
     assert ds.test_images.shape == (10, 28, 28, 1)
     assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
-    assert (ds.crop_padding, ds.flip, ds.num_classes) == (0, False, 10)
+    assert (ds.crop_padding, ds.flip, ds.num_classes) == (1, False, 10)
     # The bytes come back in place: label-dependent squares are where they were.
     raw = data.read_idx(tmp_path / "train-images-idx3-ubyte.gz")
     np.testing.assert_array_equal(ds.train_images[..., 0], raw)

@@ -82,9 +82,11 @@ def test_a_fresh_run_refuses_a_workdir_with_checkpoints(two_epochs):
         train.train(args)
 
 
-def test_resume_is_exact(two_epochs, tmp_path):
+def test_resume_is_exact(two_epochs, tmp_path, capsys):
     args, uninterrupted = two_epochs
-    train.train(args_for(args.data_dir, tmp_path, "--epochs 1"))
+    paths = ["--data-dir", args.data_dir, "--workdir", str(tmp_path)]
+    assert train.main([*f"{TINY} fashion_mnist --epochs 1".split(), *paths]) == 0
+    assert "test accuracy after 1 epochs:" in capsys.readouterr().out
     resumed = train.train(args_for(args.data_dir, tmp_path, "--epochs 2 --resume"))
     timings = ("images_per_s", "epoch_time_s", "loading_time_s")
     for a, b in zip(uninterrupted, resumed, strict=True):
@@ -149,13 +151,6 @@ def test_the_optimizer_follows_the_schedule():
     params = {"w": jax.numpy.ones((2, 2))}
     _, state = tx.update(params, tx.init(params), params)
     assert float(adamx.get_learning_rate(state)) == pytest.approx(float(schedule(0)))
-
-
-def test_main_prints_the_accuracy(two_epochs, tmp_path, capsys):
-    args, _ = two_epochs
-    paths = ["--data-dir", args.data_dir, "--workdir", str(tmp_path)]
-    assert train.main([*f"{TINY} fashion_mnist --epochs 1".split(), *paths]) == 0
-    assert "test accuracy after 1 epochs:" in capsys.readouterr().out
 
 
 def test_missing_cifar10_ends_with_a_message_not_a_traceback(tmp_path):

@@ -6,10 +6,6 @@ asks for the argument's name and the offending value as the message echoes it
 (``got <repr>``). Then the functions that read or change a state, the errors
 that can only come at ``init`` or ``update`` time, checkpoint paths and
 targets, and a check that traced hyperparameters are let through.
-
-A bad input that adamx does not yet refuse clearly keeps its case, marked
-``known_gap``: a strict xfail, so the fix turns it into a failure that asks for
-the mark to go.
 """
 
 import re
@@ -33,11 +29,6 @@ def names(arg, value):
 
 def case(fn, exc, pattern, case_id, marks=()):
     return pytest.param(fn, exc, pattern, id=case_id, marks=marks)
-
-
-def known_gap(reason):
-    """A bad input adamx does not yet refuse clearly; strict, so a fix is noticed."""
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def dtype_id(dtype):
@@ -510,30 +501,18 @@ STATE_DTYPES = [
         TypeError,
         names("accumulator_dtype", jnp.int32),
         "sgd-without-momentum-accumulator_dtype=int32",
-        marks=known_gap(
-            "accumulator_dtype is checked only when momentum is set: without "
-            "it, jnp.int32 is accepted and ignored"
-        ),
     ),
     case(
         lambda: adamx.adafactor(1e-3, momentum=0.9, dtype_momentum=jnp.int32),
         TypeError,
         names("dtype_momentum", jnp.int32),
         "adafactor-dtype_momentum=int32",
-        marks=known_gap(
-            "the message names accumulator_dtype, the argument of the inner "
-            "ema, not dtype_momentum, the argument the caller passed"
-        ),
     ),
     case(
         lambda: adamx.adafactor(1e-3, dtype_momentum=jnp.int32),
         TypeError,
         names("dtype_momentum", jnp.int32),
         "adafactor-without-momentum-dtype_momentum=int32",
-        marks=known_gap(
-            "dtype_momentum is checked only when momentum is set: without it, "
-            "jnp.int32 is accepted and ignored"
-        ),
     ),
 ]
 
@@ -650,12 +629,6 @@ def test_gradient_tree_not_matching_state_prints_both(name, grads):
     assert_prints_both(str(info.value), grads, PARAMS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a leaf of the wrong shape is not named: (4, 2) for (4, 3) fails inside "
-    "jnp with 'add got incompatible shapes for broadcasting', and (3,) is broadcast "
-    "to (4, 3) without a word",
-)
 @pytest.mark.parametrize("shape", [(4, 2), (3,)], ids=["incompatible", "broadcast"])
 @pytest.mark.parametrize(
     "call",
