@@ -252,8 +252,8 @@ def load_fashion_mnist(
         arrays["test_labels"].astype(np.int32),
         classes=FASHION_MNIST_CLASSES,
         # Measured over the ten epochs of the default recipe: shifts of one pixel
-        # add about 0.3 points of test accuracy, shifts of two cost a point;
-        # flips would make shoes face right, which none in the test set do.
+        # add 0.3 points of test accuracy; flips would make shoes face right,
+        # which none in the test set do.
         crop_padding=1,
         flip=False,
     )
