@@ -688,6 +688,36 @@ def store_like(x: Any, like: Any) -> Any:
     return x.astype(like.dtype)
 
 
+def as_stored_fns(*moments: Any) -> list[Callable[[jax.Array], jax.Array]]:
+    """Per moment, a function rounding a fresh value to the moment's storage.
+
+    Where a moment is stored in bfloat16 and computed in float32, the update is
+    computed from the moment as it will be stored: XLA can then read the new
+    moment from the kernel that writes it, instead of recomputing it from the
+    old one, which it would have to keep aside (a copy of every moment, each
+    step) while the new one overwrites it in place. That halves the step time of
+    bfloat16 Adam on CPU. Only where the storage has the computation's exponent
+    range: a float16 second moment would underflow to zero, and the update
+    divide by ``eps`` alone, so float16 (and float32 under float64) moments are
+    used as computed. Quantized moments, too: their blocks are encoded per chunk.
+    """
+
+    def fn(m: Any) -> Callable[[jax.Array], jax.Array]:
+        if is_quantized(m):
+            return lambda x: x
+        dtype = jnp.dtype(m.dtype)
+
+        def as_stored(x: jax.Array) -> jax.Array:
+            narrower = dtype.itemsize < x.dtype.itemsize
+            if narrower and jnp.finfo(dtype).minexp == jnp.finfo(x.dtype).minexp:
+                return x.astype(dtype).astype(x.dtype)
+            return x
+
+        return as_stored
+
+    return [fn(m) for m in moments]
+
+
 def update_moments(
     body: Callable[..., tuple], compute_dtype: Any, g: jax.Array, *moments: Any
 ) -> tuple:

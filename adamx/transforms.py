@@ -648,11 +648,12 @@ def scale_by_adam(
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
             c = hp.derived(ct, scalars)
+            as_stored = lowbit.as_stored_fns(m, v)
 
             def body(g, m, v):
                 g32 = g.astype(ct)
-                m = c.omb1 * g32 + h.b1 * m
-                v = c.omb2 * g32**2 + h.b2 * v
+                m = as_stored[0](c.omb1 * g32 + h.b1 * m)
+                v = as_stored[1](c.omb2 * g32**2 + h.b2 * v)
                 if not debias:
                     m_hat = h.b1 * m + c.omb1 * g32 if nesterov else m
                     v_hat = v
@@ -782,14 +783,15 @@ def scale_by_amsgrad(
         def leaf(g, m, v, v_max):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
+            as_stored = lowbit.as_stored_fns(m, v, v_max)
 
             def body(g, m, v, v_max):
                 g32 = g.astype(ct)
-                m = _moment1(g32, m, h.b1)
-                v = _moment2(g32, v, h.b2)
+                m = as_stored[0](_moment1(g32, m, h.b1))
+                v = as_stored[1](_moment2(g32, v, h.b2))
                 m_hat = _debias(m, h.b1, count) if bias_correction_mu else m
                 v_eff = _debias(v, h.b2, count) if bias_correction_nu else v
-                v_max = jnp.maximum(v_max, v_eff)
+                v_max = as_stored[2](jnp.maximum(v_max, v_eff))
                 u = m_hat / (jnp.sqrt(v_max + h.eps_root) + h.eps)
                 return u.astype(g.dtype), m, v, v_max
 
@@ -870,11 +872,12 @@ def scale_by_adamax(
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
+            as_stored = lowbit.as_stored_fns(m, v)
 
             def body(g, m, v):
                 g32 = g.astype(ct)
-                m = _moment1(g32, m, h.b1)
-                v = jnp.maximum(jnp.abs(g32) + h.eps, h.b2 * v)
+                m = as_stored[0](_moment1(g32, m, h.b1))
+                v = as_stored[1](jnp.maximum(jnp.abs(g32) + h.eps, h.b2 * v))
                 return (_debias(m, h.b1, count) / v).astype(g.dtype), m, v
 
             return lowbit.update_moments(body, ct, g, m, v)
@@ -973,12 +976,13 @@ def scale_by_radam(
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
+            as_stored = lowbit.as_stored_fns(m, v)
             rectify = ro >= hp(t.dtype).threshold
 
             def body(g, m, v):
                 g32 = g.astype(ct)
-                m = _moment1(g32, m, h.b1)
-                v = _moment2(g32, v, h.b2)
+                m = as_stored[0](_moment1(g32, m, h.b1))
+                v = as_stored[1](_moment2(g32, v, h.b2))
                 m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
                 v_hat = _debias(v, h.b2, count)
                 rectified = (
@@ -1068,11 +1072,12 @@ def scale_by_belief(
         def leaf(g, m, s):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
+            as_stored = lowbit.as_stored_fns(m, s)
 
             def body(g, m, s):
                 g32 = g.astype(ct)
-                m = _moment1(g32, m, h.b1)
-                s = _moment2(g32 - m, s, h.b2) + h.eps_root
+                m = as_stored[0](_moment1(g32, m, h.b1))
+                s = as_stored[1](_moment2(g32 - m, s, h.b2) + h.eps_root)
                 m_hat = _first_moment_estimate(m, g32, h.b1, count, nesterov, True)
                 u = m_hat / (jnp.sqrt(_debias(s, h.b2, count)) + h.eps)
                 return u.astype(g.dtype), m, s
@@ -1216,7 +1221,8 @@ def scale_by_rms(
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
             g32 = g.astype(ct)
-            v = _moment2(g32, v.astype(ct), h.decay)
+            (as_stored,) = lowbit.as_stored_fns(v)
+            v = as_stored(_moment2(g32, v.astype(ct), h.decay))
             v_hat = _debias(v, h.decay, count) if bias_correction else v
             if eps_in_sqrt:
                 u = jax.lax.rsqrt(v_hat + h.eps) * g32
@@ -1295,9 +1301,10 @@ def scale_by_stddev(
         def leaf(g, m, v):
             ct = _compute_dtype(g.dtype)
             h = hp(ct)
+            as_stored = lowbit.as_stored_fns(m, v)
             g32 = g.astype(ct)
-            m = _moment1(g32, m.astype(ct), h.decay)
-            v = _moment2(g32, v.astype(ct), h.decay)
+            m = as_stored[0](_moment1(g32, m.astype(ct), h.decay))
+            v = as_stored[1](_moment2(g32, v.astype(ct), h.decay))
             m_hat = _debias(m, h.decay, count) if bias_correction else m
             v_hat = _debias(v, h.decay, count) if bias_correction else v
             var = v_hat - m_hat**2

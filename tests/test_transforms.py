@@ -266,6 +266,63 @@ def test_nu_dtype_bfloat16_stores_nu_in_bfloat16():
     assert all(bool(jnp.all(v > 0)) for v in jax.tree.leaves(state.nu))
 
 
+def _bf16(x):
+    """Round float32 values to bfloat16 (to nearest, ties to even), in float32."""
+    return np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16), np.float32)
+
+
+@pytest.mark.parametrize("params_dtype", [jnp.bfloat16, jnp.float32])
+def test_bfloat16_moments_are_used_as_stored(params_dtype):
+    # Adam in float32 on moments kept in bfloat16: each step's direction comes
+    # from the moments rounded as they are stored (see as_stored_fns).
+    # Float32 values of the decay rates, which the step computes with.
+    b1, b2, eps = float(np.float32(0.9)), float(np.float32(0.999)), 1e-8
+    rng = np.random.default_rng(11)
+    tx = adamx.scale_by_adam(b1, b2, eps, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    state = tx.init(jnp.zeros(64, params_dtype))
+    m = v = np.zeros(64)
+    for t in range(1, 6):
+        g = _bf16(rng.normal(size=64) * 10.0 ** rng.integers(-4, 2, size=64))
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        u, state = tx.update(jnp.asarray(g, params_dtype), state)
+        stored_m = np.asarray(state.mu, np.float64)
+        stored_v = np.asarray(state.nu, np.float64)
+        # The state is the float64 recursion to bfloat16 precision...
+        np.testing.assert_allclose(stored_m, m, rtol=2**-7)
+        np.testing.assert_allclose(stored_v, v, rtol=2**-7)
+        m, v = stored_m, stored_v
+        # ...and the update is computed from it as stored; from the unrounded
+        # moments it would be off by up to 2**-9. (Float32 tolerance: 1 - b2**t
+        # loses digits to cancellation when computed in float32.)
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        expected = m_hat / (np.sqrt(v_hat) + eps)
+        if params_dtype == jnp.bfloat16:
+            expected = _bf16(expected)
+        rtol = 3e-5 if params_dtype == jnp.float32 else 2**-8
+        np.testing.assert_allclose(np.asarray(u, np.float64), expected, rtol=rtol)
+
+
+def test_bfloat16_adam_step_copies_no_moment():
+    # Donated bfloat16 moments are overwritten in place; were the update computed
+    # from the unrounded moments, XLA would keep a copy of each old one aside.
+    params = [jnp.ones(4096, jnp.bfloat16) for _ in range(3)]
+    tx = adamx.adam(1e-3)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return adamx.apply_updates(p, u), s
+
+    text = (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), params)
+        .compile()
+        .as_text()
+    )
+    entry = text[text.index("ENTRY") :]
+    copies = [line for line in entry.splitlines() if " copy(" in line]
+    assert not [c for c in copies if "[4096]" in c], copies
+
+
 @pytest.mark.parametrize(
     "learning_rate", [0.1, _schedule], ids=["constant", "schedule"]
 )
