@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The CNN example on Fashion-MNIST (Debian's dataset-fashion-mnist), about two
-# minutes on two cores; it prints the test accuracy at the end.
+# minutes on two cores; it prints the test accuracy at the end. Each run starts
+# afresh: the script refuses a workdir that holds another run's checkpoints.
 demo: setup
+	rm -rf workdir/fashion_mnist
 	$(BIN)/python examples/cifar10/train.py --dataset fashion_mnist \
 		--workdir workdir/fashion_mnist
 
