@@ -87,11 +87,6 @@ BLOCK_SIZES = {8: 256, 4: 128}
 #: Tensors with fewer elements keep float32 state: their codes would save
 #: little, and their absmax values would cost a larger share.
 MIN_QUANTIZED_SIZE = 4096
-# Elements updated per pass of the quantized step. The moments of one chunk
-# (1 MiB in float32) stay in cache between the update, the block maxima and the
-# encoding; over a whole large leaf XLA would write them out to memory and read
-# them back twice.
-_CHUNK_ELEMENTS = 1 << 18
 
 # ------------------------------------------------------------------ code maps
 
@@ -104,13 +99,7 @@ class _CodeMap(NamedTuple):
     values: np.ndarray  # float32[2**bits], the value each code stands for
     width: int  # bits below the sign bit (all bits for unsigned maps)
     one: int  # the code of 1.0 (dynamic maps)
-    # One entry per decade, smallest first (dynamic maps):
-    thresholds: np.ndarray  # float32[D - 1]: midpoints between decades
-    lower: np.ndarray  # float32[D]: 0.1 * 10^-E, where the decade's bins start
-    step: np.ndarray  # float32[D]: 0.9 * 10^-E / 2^F, the width of its bins
-    offset: np.ndarray  # float32[D]: lower / step
-    inverse_width: np.ndarray  # float32[D]: 2^F / (0.9 * 10^-E)
-    first_code: np.ndarray  # int32[D]: 2^F, the code of the decade's first bin
+    thresholds: np.ndarray  # float32[D - 1]: midpoints between the D decades
     zero_cut: float  # float32: midpoint between 0 and the smallest code
     one_cut: float  # float32: midpoint between the largest code below 1 and 1
 
@@ -118,53 +107,33 @@ class _CodeMap(NamedTuple):
 def _dynamic_map(signed: bool, bits: int, exponent_bits: int) -> _CodeMap:
     width = bits - 1 if signed else bits
     values = np.zeros(2**bits, np.float64)
-    lower, step, offset, inverse_width, first_code = [], [], [], [], []
     bottoms, tops = [], []
     for decade in range(exponent_bits):
         zeros = exponent_bits - 1 - decade  # the exponent E
         fraction_bits = width - zeros - 1
         n = 2**fraction_bits
-        scale = 10.0**-zeros
-        # Bin centres of [0.1, 1] cut in n equal bins, as create_dynamic_map,
-        # computed in float32 as _decode computes them, so the two agree bitwise:
-        # (offset + f + 1/2) * step has no product to add, so no fused
-        # multiply-add can round it differently.
-        low, width_ = np.float32(0.1 * scale), np.float32(0.9 * scale / n)
-        off = np.float32(n / 9)
-        f = np.arange(n, dtype=np.float32)
-        centres = ((off + (f + np.float32(0.5))) * width_).astype(np.float32)
+        # Bin centres of [0.1, 1] cut in n equal bins, as create_dynamic_map.
+        centres = 10.0**-zeros * (0.1 + 0.9 * (np.arange(n) + 0.5) / n)
         codes = (1 << fraction_bits) + np.arange(n)
         values[codes] = centres
         if signed:
             values[codes | (1 << width)] = -centres
-        lower.append(low)
-        step.append(width_)
-        offset.append(off)
-        inverse_width.append(n / (0.9 * scale))
-        first_code.append(1 << fraction_bits)
         bottoms.append(np.float32(centres[0]))
         tops.append(np.float32(centres[-1]))
     one = 1 << width if signed else 1
     values[one] = 1.0
-    values32 = values.astype(np.float32)
 
     def mid(a: Any, b: Any) -> float:
         return float(np.float32((np.float64(a) + np.float64(b)) / 2))
 
     thresholds = [mid(tops[d - 1], bottoms[d]) for d in range(1, exponent_bits)]
-    name = "dynamic_signed" if signed else "dynamic_unsigned"
     return _CodeMap(
-        name=name,
+        name="dynamic_signed" if signed else "dynamic_unsigned",
         bits=bits,
-        values=values32,
+        values=values.astype(np.float32),
         width=width,
         one=one,
         thresholds=np.asarray(thresholds, np.float32),
-        lower=np.asarray(lower, np.float32),
-        step=np.asarray(step, np.float32),
-        offset=np.asarray(offset, np.float32),
-        inverse_width=np.asarray(inverse_width, np.float32),
-        first_code=np.asarray(first_code, np.int32),
         zero_cut=mid(0.0, bottoms[0]),
         one_cut=mid(tops[-1], 1.0),
     )
@@ -173,11 +142,9 @@ def _dynamic_map(signed: bool, bits: int, exponent_bits: int) -> _CodeMap:
 def _linear_nonzero_map(bits: int) -> _CodeMap:
     n = 2**bits
     values = ((np.arange(n) + 1) / n).astype(np.float32)
-    empty = np.zeros(0, np.float32)
     return _CodeMap(
-        "linear_nonzero", bits, values, bits, n - 1, empty, empty, empty, empty, empty,
-        np.zeros(0, np.int32), 0.0, 1.0,
-    )  # fmt: skip
+        "linear_nonzero", bits, values, bits, n - 1, np.zeros(0, np.float32), 0.0, 1.0
+    )
 
 
 # Built once: (map name, bits) -> map. 8-bit: the dynamic maps with 7 exponent
@@ -227,6 +194,20 @@ def code_map(name: str, bits: int) -> np.ndarray:
     return _MAPS[key].values
 
 
+def _powers_of_five(exponent: jax.Array, inverse: bool) -> jax.Array:
+    """:math:`5^e` (or :math:`5^{-e}`) for int32 ``e`` in [0, 7], from e's bits.
+
+    Three selects and two products, where a select per decade would take seven;
+    :math:`5^e` is exact in float32, :math:`5^{-e}` within a few ulps.
+    """
+    factors = (0.2, 0.04, 0.0016) if inverse else (5.0, 25.0, 625.0)
+    power = jnp.float32(1)
+    for bit, factor in enumerate(factors):
+        set_ = (exponent & (1 << bit)) != 0
+        power = power * jnp.where(set_, jnp.float32(factor), jnp.float32(1))
+    return power
+
+
 def _encode(a: jax.Array, cmap: _CodeMap) -> jax.Array:
     """The nearest code to each value of ``a`` (float32, in [-1, 1]), as int32."""
     if cmap.name == "linear_nonzero":
@@ -235,21 +216,24 @@ def _encode(a: jax.Array, cmap: _CodeMap) -> jax.Array:
         k = jnp.ceil(jnp.abs(a) * jnp.float32(n) - jnp.float32(0.5)) - 1
         return jnp.clip(k, 0, n - 1).astype(jnp.int32)
     m = jnp.abs(a)
-    # Which decade: each threshold passed moves one decade up. The decades'
-    # bins are equal in width, so the nearest code within a decade is the bin
-    # the value falls in; the thresholds are the midpoints between decades, so
-    # the nearest code overall is in the decade chosen.
-    lower = jnp.float32(cmap.lower[0])
-    inverse = jnp.float32(cmap.inverse_width[0])
-    first = jnp.int32(cmap.first_code[0])
-    for d, t in enumerate(cmap.thresholds, start=1):
-        above = m > t
-        lower = jnp.where(above, cmap.lower[d], lower)
-        inverse = jnp.where(above, cmap.inverse_width[d], inverse)
-        first = jnp.where(above, cmap.first_code[d], first)
-    # A decade's last code is 2 * first - 1.
-    f = jnp.floor((m - lower) * inverse).astype(jnp.int32)
-    code = jnp.clip(first + f, first, 2 * first - 1)
+    # Which decade: each threshold passed moves one decade up, to one more
+    # fraction bit F. The decades' bins are equal in width, so the nearest code
+    # within a decade is the bin the value falls in; the thresholds are the
+    # midpoints between decades, so the nearest code overall is in the decade
+    # chosen.
+    fraction_bits = jnp.full(m.shape, cmap.width - 1 - len(cmap.thresholds), jnp.int32)
+    for t in cmap.thresholds:
+        fraction_bits = fraction_bits + (m > t).astype(jnp.int32)
+    # A decade E = width - 1 - F has 2^F bins of width 0.9 * 10^-E / 2^F from
+    # 0.1 * 10^-E, so the bin is floor(m * 10^(width-1) / (0.9 * 5^F) - 2^F / 9):
+    # powers of 5 and 2 instead of a table of per-decade constants.
+    first = jnp.left_shift(jnp.int32(1), fraction_bits)
+    inverse = jnp.float32(10.0 ** (cmap.width - 1) / 0.9) * _powers_of_five(
+        fraction_bits, inverse=True
+    )
+    f = jnp.floor(m * inverse - first.astype(jnp.float32) * jnp.float32(1 / 9))
+    # A decade's codes are first .. 2 * first - 1.
+    code = first + jnp.clip(f.astype(jnp.int32), 0, first - 1)
     code = jnp.where(m > cmap.zero_cut, code, 0)
     if cmap.name == "dynamic_signed":
         code = jnp.where((a < 0) & (code != 0), code | (1 << cmap.width), code)
@@ -260,70 +244,109 @@ def _encode(a: jax.Array, cmap: _CodeMap) -> jax.Array:
     return code
 
 
-def _decode(codes: jax.Array, cmap: _CodeMap) -> jax.Array:
-    """The float32 value of each code, bit for bit ``cmap.values[codes]``.
+def _decode(codes: jax.Array, cmap: _CodeMap, use: int = 0, uses: int = 1) -> jax.Array:
+    """The float32 value of each code: ``cmap.values[codes]``, bit for bit.
 
-    Computed from the code's bits rather than looked up: a gather is slower on
-    CPU, and with sharded codes needs an output sharding spelled out.
+    8 bits: a lookup in the map's table of 256 values, which on CPU costs less
+    than computing a value from its code's bits. A step decodes each moment in
+    several passes (``use`` of ``uses``), and each looks up its own copy of
+    the table: XLA would otherwise merge identical lookups into one and write
+    the decoded moment out in float32. 4 bits: selects on the code's bits, a
+    tree over the 16 values; a lookup there would keep XLA from vectorizing
+    the loop that packs two codes per byte.
     """
-    if cmap.name == "linear_nonzero":
-        n = 2**cmap.bits
-        return (codes.astype(jnp.float32) + 1) * jnp.float32(1 / n)
     c = codes.astype(jnp.int32)
-    rest = c & ((1 << cmap.width) - 1)
-    # The exponent E is the number of leading zeros below the sign bit.
-    zeros = jax.lax.clz(rest) - (32 - cmap.width)
-    decades = len(cmap.lower)
-    offset = jnp.float32(cmap.offset[-1])
-    step = jnp.float32(cmap.step[-1])
-    for d in range(decades - 1):
-        at = zeros == decades - 1 - d
-        offset = jnp.where(at, cmap.offset[d], offset)
-        step = jnp.where(at, cmap.step[d], step)
-    first = jnp.left_shift(1, jnp.maximum(cmap.width - 1 - zeros, 0))
-    fraction = (rest - first).astype(jnp.float32) + jnp.float32(0.5)
-    value = (offset + fraction) * step
-    if cmap.name == "dynamic_signed":
-        negative = (c >> cmap.width) == 1
-        value = jnp.where(negative, -value, value)
-        special = jnp.where(negative, jnp.float32(1), jnp.float32(0))
-        return jnp.where(rest == 0, special, value)
-    value = jnp.where(rest == 1, jnp.float32(1), value)
-    return jnp.where(rest == 0, jnp.float32(0), value)
+    if cmap.bits == 8:
+        table = jnp.asarray(np.tile(cmap.values, uses))
+        index = c + use * len(cmap.values)
+        # Codes split over explicit mesh axes: the lookup must say where its
+        # result lives, as the codes do.
+        return table.at[index].get(
+            mode="promise_in_bounds", out_sharding=_explicit_sharding(index)
+        )
+    values = [jnp.float32(v) for v in cmap.values]
+    for bit in range(cmap.bits):
+        set_ = (c & (1 << bit)) != 0
+        values = [
+            jnp.where(set_, high, low)
+            for low, high in zip(values[0::2], values[1::2], strict=True)
+        ]
+    return values[0]
 
 
 def _pack(codes: jax.Array, bits: int) -> jax.Array:
-    """int32 codes of shape (k, block) to uint8 bytes of shape (k, block*bits/8)."""
+    """int32 codes in the blocks' shape to uint8 bytes, (k, block*bits/8).
+
+    With 4 bits, byte j of a block holds code j in its low half and code
+    j + block/2 in its high half: packing and unpacking then read and write
+    contiguous runs, which vectorize, where neighbouring pairs would not.
+    """
     if bits == 8:
         return codes.astype(jnp.uint8)
-    pairs = codes.reshape(codes.shape[0], codes.shape[1] // 2, 2)
-    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(jnp.uint8)
+    return (codes[:, 0] | (codes[:, 1] << 4)).astype(jnp.uint8)
 
 
 def _unpack(packed: jax.Array, bits: int) -> jax.Array:
+    """uint8 bytes (k, block*bits/8) to codes in the blocks' shape (_block_shape)."""
     if bits == 8:
         return packed
-    pairs = jnp.stack([packed & 0xF, packed >> 4], axis=-1)
-    return pairs.reshape(packed.shape[0], packed.shape[1] * 2)
+    shifts = jnp.asarray(np.array([0, 4], np.uint8))[None, :, None]
+    return (packed[:, None, :] >> shifts) & jnp.uint8(0xF)
+
+
+def _block_absmax(*blocks: jax.Array) -> list[jax.Array]:
+    r"""Per block (row), :math:`\max(0, \max_i x_i, -\min_i x_i)` of each array.
+
+    One variadic reduction for all of them: XLA fuses the arithmetic that
+    produces the blocks into it, where a plain ``max`` is a library call that
+    needs its input written out first.
+    """
+    operands = [y for x in blocks for y in (x, -x)]
+    init = [jnp.float32(-jnp.inf)] * len(operands)
+
+    def combine(a: tuple, b: tuple) -> tuple:
+        return tuple(jax.lax.max(x, y) for x, y in zip(a, b, strict=True))
+
+    axes = tuple(range(1, blocks[0].ndim))
+    out = jax.lax.reduce(tuple(operands), tuple(init), combine, axes)
+    zero = jnp.float32(0)
+    return [
+        jnp.maximum(jnp.maximum(out[2 * i], out[2 * i + 1]), zero)
+        for i in range(len(blocks))
+    ]
+
+
+def _encode_blocks(
+    x: jax.Array, absmax: jax.Array, cmap: _CodeMap, bits: int
+) -> jax.Array:
+    """Blocks (k, block) of float32 to packed codes, given their maxima."""
+    inverse = jnp.where(absmax > 0, 1 / absmax, jnp.float32(0))
+    return _pack(_encode(x * _per_block(inverse, x.ndim), cmap), bits)
 
 
 def _quantize_blocks(
     x: jax.Array, cmap: _CodeMap, bits: int
 ) -> tuple[jax.Array, jax.Array]:
     """Blocks (k, block) of float32 to (codes, absmax)."""
-    # max and -min, not max(abs): XLA's CPU reduction of an abs is several
-    # times slower.
-    absmax = jnp.maximum(jnp.max(x, axis=1), -jnp.min(x, axis=1))
-    absmax = jnp.maximum(absmax, jnp.float32(0))
-    inverse = jnp.where(absmax > 0, 1 / absmax, jnp.float32(0))
-    codes = _encode(x * inverse[:, None], cmap)
-    return _pack(codes, bits), absmax
+    (absmax,) = _block_absmax(x)
+    return _encode_blocks(x, absmax, cmap, bits), absmax
 
 
 def _dequantize_blocks(
-    packed: jax.Array, absmax: jax.Array, cmap: _CodeMap, bits: int
+    packed: jax.Array,
+    absmax: jax.Array,
+    cmap: _CodeMap,
+    bits: int,
+    use: int = 0,
+    uses: int = 1,
 ) -> jax.Array:
-    return _decode(_unpack(packed, bits), cmap) * absmax[:, None]
+    codes = _unpack(packed, bits)
+    return _decode(codes, cmap, use, uses) * _per_block(absmax, codes.ndim)
+
+
+def _per_block(x: jax.Array, ndim: int) -> jax.Array:
+    """Per-block values (k,) shaped to broadcast against blocks of ``ndim``."""
+    return x.reshape(x.shape + (1,) * (ndim - 1))
 
 
 # ------------------------------------------------------------ QuantizedArray
@@ -353,7 +376,8 @@ class QuantizedArray:
 
     Attributes:
         codes: uint8, shape ``(num_blocks, block_size * bits // 8)``; with 4
-            bits, two codes per byte, the first in the low half.
+            bits, two codes per byte: byte ``j`` of a block holds code ``j`` in
+            its low half and code ``j + block_size // 2`` in its high half.
         absmax: float32, shape ``(num_blocks,)``.
 
     Example:
@@ -449,14 +473,22 @@ def _format(
     )
 
 
+def _block_shape(fmt: QuantizedFormat) -> tuple[int, ...]:
+    """The shape the step gives one block: ``(block,)``, or with 4 bits
+    ``(2, block / 2)``, the halves whose codes share the block's bytes."""
+    if fmt.bits == 4:
+        return (2, fmt.block_size // 2)
+    return (fmt.block_size,)
+
+
 def _as_blocks(x: jax.Array, fmt: QuantizedFormat) -> jax.Array:
-    """Flatten, pad with zeros to whole blocks: shape (k, block), x's dtype."""
+    """Flatten, pad with zeros to whole blocks: (k, *_block_shape), x's dtype."""
     flat = jnp.reshape(x, (-1,))
     size = flat.shape[0]
     padded = -(-size // fmt.block_size) * fmt.block_size
     if padded != size:
         flat = jnp.pad(flat, (0, padded - size))
-    return flat.reshape(padded // fmt.block_size, fmt.block_size)
+    return flat.reshape(padded // fmt.block_size, *_block_shape(fmt))
 
 
 def _from_blocks(blocks: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
@@ -521,7 +553,7 @@ def dequantize(q: QuantizedArray) -> jax.Array:
         >>> import jax.numpy as jnp
         >>> from adamx.lowbit import dequantize, quantize
         >>> dequantize(quantize(jnp.array([-2.0, 0.0, 1.0]), bits=8))
-        Array([-1.9859376,  0.       ,  1.0015625], dtype=float32)
+        Array([-1.9859375,  0.       ,  1.0015625], dtype=float32)
     """
     fmt = q.format
     cmap = _MAPS[(fmt.code_map, fmt.bits)]
@@ -699,7 +731,8 @@ def as_stored_fns(*moments: Any) -> list[Callable[[jax.Array], jax.Array]]:
     bfloat16 Adam on CPU. Only where the storage has the computation's exponent
     range: a float16 second moment would underflow to zero, and the update
     divide by ``eps`` alone, so float16 (and float32 under float64) moments are
-    used as computed. Quantized moments, too: their blocks are encoded per chunk.
+    used as computed. Quantized moments, too: their update reads the old codes,
+    which are rewritten by the passes that encode the new ones.
     """
 
     def fn(m: Any) -> Callable[[jax.Array], jax.Array]:
@@ -726,8 +759,8 @@ def update_moments(
     ``body(g, *moments)`` gets the moments in ``compute_dtype`` and returns
     ``(update, *new_moments)`` in it. Moments stored as arrays are cast in
     and returned as computed (the caller casts them back); quantized ones are
-    dequantized, and the new values quantized again, one chunk of blocks at a
-    time.
+    dequantized, and the new values quantized again with their new block
+    maxima, inside the same computation.
 
     Args:
         body: the element-wise update of one leaf.
@@ -745,7 +778,7 @@ def update_moments(
     if len(quantized) != len(moments) or any(
         m.block_size != fmt.block_size for m in quantized
     ):
-        # Mixed storage: whole arrays, no chunks.
+        # Mixed storage: dequantize, update, quantize again.
         loaded = [
             dequantize(m) if is_quantized(m) else m for m in moments
         ]  # fmt: skip
@@ -756,37 +789,59 @@ def update_moments(
         ]
         return (u, *new)
 
-    maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
     explicit = _explicit_sharding(g)
     if explicit is not None:
         return _update_explicit(body, compute_dtype, g, moments, explicit)
-    g_blocks = _as_blocks(g, fmt)
-
-    def chunk(g_part, codes, absmaxes):
-        loaded = [
-            _dequantize_blocks(c, a, cm, m.bits).astype(compute_dtype)
-            for c, a, cm, m in zip(codes, absmaxes, maps, moments, strict=True)
-        ]
-        u, *new = body(g_part, *loaded)
-        stored = [
-            _quantize_blocks(x.astype(jnp.float32), cm, m.bits)
-            for x, cm, m in zip(new, maps, moments, strict=True)
-        ]
-        return u, [s[0] for s in stored], [s[1] for s in stored]
-
-    num_blocks = g_blocks.shape[0]
-    per_chunk = max(1, _CHUNK_ELEMENTS // fmt.block_size)
-    codes = [m.codes for m in moments]
-    absmaxes = [m.absmax for m in moments]
-    if num_blocks <= per_chunk:
-        u, codes, absmaxes = chunk(g_blocks, codes, absmaxes)
-    else:
-        u, codes, absmaxes = _chunked(chunk, g_blocks, codes, absmaxes, per_chunk)
-    new = [
-        QuantizedArray(c, a, m.format)
-        for c, a, m in zip(codes, absmaxes, moments, strict=True)
-    ]
+    u, *new = _update_blocks(
+        body,
+        compute_dtype,
+        _as_blocks(g, fmt),
+        moments,
+        [m.codes for m in moments],
+        [m.absmax for m in moments],
+    )
     return (_from_blocks(u, tuple(g.shape), u.dtype), *new)
+
+
+def _update_blocks(
+    body: Callable[..., tuple],
+    compute_dtype: Any,
+    g_blocks: jax.Array,
+    moments: tuple,
+    codes: list[jax.Array],
+    absmaxes: list[jax.Array],
+) -> tuple:
+    """The quantized step on blocks: ``(update blocks, *new QuantizedArrays)``.
+
+    The new moments are needed by four passes: their block maxima, the
+    encoding of each, and the update. Each pass decodes the old moments and
+    runs ``body`` again, on its own copy of the inputs (an optimization
+    barrier per pass, so XLA cannot merge them): each pass is then one fused
+    loop, where a shared result would be written out in float32 and read back.
+    Decoding is cheaper than that traffic, and than a fresh buffer of a large
+    leaf's size, whose pages the system must map on every step.
+    """
+    maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
+
+    passes = 2 + len(moments)
+
+    def run(use: int) -> tuple:
+        g_, codes_, absmaxes_, _ = jax.lax.optimization_barrier(
+            (g_blocks, codes, absmaxes, jnp.int32(use))
+        )
+        loaded = [
+            _dequantize_blocks(c, a, cm, m.bits, use, passes).astype(compute_dtype)
+            for c, a, cm, m in zip(codes_, absmaxes_, maps, moments, strict=True)
+        ]
+        u, *new = body(g_, *loaded)
+        return u, [x.astype(jnp.float32) for x in new]
+
+    absmax = _block_absmax(*run(0)[1])
+    new = [
+        QuantizedArray(_encode_blocks(run(1 + i)[1][i], a, cm, m.bits), a, m.format)
+        for i, (a, cm, m) in enumerate(zip(absmax, maps, moments, strict=True))
+    ]
+    return (run(1 + len(moments))[0], *new)
 
 
 def _explicit_sharding(x: Any) -> Any:
@@ -837,59 +892,17 @@ def _update_explicit(
         ]
         u, *new = update_moments(body, compute_dtype, reshard(g, on()), *whole)
         return (reshard(u, sharding), *new)
-    maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
-    blocks = (math.prod(fmt.shape) // fmt.block_size, fmt.block_size)
-    g_blocks = jnp.reshape(g, blocks, out_sharding=on(rows, None))
-    loaded = [
-        _dequantize_blocks(
-            reshard(m.codes, on(rows, None)), reshard(m.absmax, on(rows)), cm, m.bits
-        ).astype(compute_dtype)
-        for m, cm in zip(moments, maps, strict=True)
-    ]
-    u, *new = body(g_blocks, *loaded)
-    stored = [
-        QuantizedArray(*_quantize_blocks(x.astype(jnp.float32), cm, m.bits), m.format)
-        for x, cm, m in zip(new, maps, moments, strict=True)
-    ]
-    return (jnp.reshape(u, g.shape, out_sharding=sharding), *stored)
-
-
-def _chunked(
-    chunk: Callable[..., tuple],
-    g_blocks: jax.Array,
-    codes: list[jax.Array],
-    absmaxes: list[jax.Array],
-    per_chunk: int,
-) -> tuple:
-    """``chunk`` over ``per_chunk`` blocks at a time, writing results in place."""
-    num_blocks = g_blocks.shape[0]
-    full = num_blocks // per_chunk
-
-    def run(start, size, carry):
-        u, codes, absmaxes = carry
-        take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, 0)  # noqa: E731
-        u_part, c_part, a_part = chunk(
-            take(g_blocks), [take(c) for c in codes], [take(a) for a in absmaxes]
-        )
-        put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)  # noqa: E731
-        return (
-            put(u, u_part),
-            [put(c, p) for c, p in zip(codes, c_part, strict=True)],
-            [put(a, p) for a, p in zip(absmaxes, a_part, strict=True)],
-        )
-
-    u_dtype = jax.eval_shape(
-        lambda: chunk(g_blocks[:per_chunk], [c[:per_chunk] for c in codes],
-                      [a[:per_chunk] for a in absmaxes])[0]
-    ).dtype  # fmt: skip
-    carry = (jnp.zeros(g_blocks.shape, u_dtype), list(codes), list(absmaxes))
-    carry = jax.lax.fori_loop(
-        0, full, lambda i, c: run(i * per_chunk, per_chunk, c), carry
+    blocks = (math.prod(fmt.shape) // fmt.block_size, *_block_shape(fmt))
+    within = (None,) * len(_block_shape(fmt))
+    u, *new = _update_blocks(
+        body,
+        compute_dtype,
+        jnp.reshape(g, blocks, out_sharding=on(rows, *within)),
+        moments,
+        [reshard(m.codes, on(rows, None)) for m in moments],
+        [reshard(m.absmax, on(rows)) for m in moments],
     )
-    rest = num_blocks - full * per_chunk
-    if rest:
-        carry = run(full * per_chunk, rest, carry)
-    return carry
+    return (jnp.reshape(u, g.shape, out_sharding=sharding), *new)
 
 
 def _requantize(x: jax.Array, like: QuantizedArray) -> QuantizedArray:

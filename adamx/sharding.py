@@ -37,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from adamx.base import GradientTransformation, Params, elementwise, is_elementwise
 from adamx.combine import call_update, check_transformation
-from adamx.lowbit import _CHUNK_ELEMENTS, QuantizedArray, is_quantized
+from adamx.lowbit import QuantizedArray, is_quantized
 
 __all__ = ["bytes_per_device", "sharded", "state_shardings", "zero_spec"]
 
@@ -357,9 +357,8 @@ def sharded(
     Works with ``fused=True`` optimizers: each flat buffer is split when its
     length divides by the axis size, else replicated. Quantized moments
     (``state_bits=8`` or ``4``) are split by whole blocks when their number of
-    blocks divides by the axis size, or within each block when they are
-    updated chunk by chunk; on a mesh with ``Explicit`` axes they are refused
-    with a ``ValueError``.
+    blocks divides by the axis size, and replicated otherwise; on a mesh with
+    ``Explicit`` axes they are refused with a ``ValueError``.
 
     Args:
         tx: the transformation whose state to partition.
@@ -506,17 +505,12 @@ def _on_devices(params: Any, devices: set) -> bool:
 def _quantized_split(q: QuantizedArray, axis: str, size: int) -> tuple[P, P]:
     """ZeRO partitions of a quantized moment's codes and block maxima.
 
-    A moment updated in one pass is split by whole blocks, as its gradient's
-    rows are, so each device decodes and encodes its own blocks. One updated
-    chunk by chunk is split within each block instead: the chunks are dynamic
-    slices over the blocks, and slicing a split dimension would gather every
-    device's codes. Its block maxima, a small part, stay split by block.
+    Split by whole blocks, as its gradient's rows are, so that each device
+    decodes and encodes its own blocks; replicated when the blocks do not
+    divide over the axis.
     """
-    blocks, width = q.codes.shape
+    blocks = q.codes.shape[0]
     by_block = axis if blocks and blocks % size == 0 else None
-    chunked = blocks > max(1, _CHUNK_ELEMENTS // q.block_size)
-    if chunked and width % size == 0:
-        return P(None, axis), P(by_block)
     return P(by_block, None), P(by_block)
 
 
