@@ -792,10 +792,14 @@ def update_moments(
     explicit = _explicit_sharding(g)
     if explicit is not None:
         return _update_explicit(body, compute_dtype, g, moments, explicit)
+    # The gradient as a flat vector behind a barrier: XLA would otherwise read
+    # a conv kernel's (out, in, 3, 3) elements from the blocks' loops through
+    # its four indices, recomputed per element, and not vectorize them.
+    flat_g = jax.lax.optimization_barrier(jnp.reshape(g, (-1,)))
     u, *new = _update_blocks(
         body,
         compute_dtype,
-        _as_blocks(g, fmt),
+        _as_blocks(flat_g, fmt),
         moments,
         [m.codes for m in moments],
         [m.absmax for m in moments],
