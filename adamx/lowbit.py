@@ -319,7 +319,7 @@ def _block_absmax(*blocks: jax.Array) -> list[jax.Array]:
 def _encode_blocks(
     x: jax.Array, absmax: jax.Array, cmap: _CodeMap, bits: int
 ) -> jax.Array:
-    """Blocks (k, block) of float32 to packed codes, given their maxima."""
+    """Blocks (k, *_block_shape) of float32 to packed codes, given their maxima."""
     inverse = jnp.where(absmax > 0, 1 / absmax, jnp.float32(0))
     return _pack(_encode(x * _per_block(inverse, x.ndim), cmap), bits)
 
@@ -327,7 +327,7 @@ def _encode_blocks(
 def _quantize_blocks(
     x: jax.Array, cmap: _CodeMap, bits: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Blocks (k, block) of float32 to (codes, absmax)."""
+    """Blocks (k, *_block_shape) of float32 to (codes, absmax)."""
     (absmax,) = _block_absmax(x)
     return _encode_blocks(x, absmax, cmap, bits), absmax
 
@@ -731,8 +731,8 @@ def as_stored_fns(*moments: Any) -> list[Callable[[jax.Array], jax.Array]]:
     bfloat16 Adam on CPU. Only where the storage has the computation's exponent
     range: a float16 second moment would underflow to zero, and the update
     divide by ``eps`` alone, so float16 (and float32 under float64) moments are
-    used as computed. Quantized moments, too: their update reads the old codes,
-    which are rewritten by the passes that encode the new ones.
+    used as computed. Quantized moments, too: each pass of their step recomputes
+    the new moments from the old codes, so there is no stored copy to read.
     """
 
     def fn(m: Any) -> Callable[[jax.Array], jax.Array]:
@@ -826,8 +826,7 @@ def _update_blocks(
     leaf's size, whose pages the system must map on every step.
     """
     maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
-
-    passes = 2 + len(moments)
+    passes = 2 + len(moments)  # maxima, one encoding per moment, the update
 
     def run(use: int) -> tuple:
         g_, codes_, absmaxes_, _ = jax.lax.optimization_barrier(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_transforms import compiled_step
 
 import adamx
 import adamx.checkpoint
@@ -482,18 +483,7 @@ def test_quantized_step_writes_no_float32_moment(bits):
     memory holds no float32 array of the leaf's size, only copies of the old
     codes that the update still reads while the new ones overwrite them."""
     n = 1 << 20
-    tx = adamx.adam(1e-3, state_bits=bits)
-    params = {"w": jnp.zeros((n,))}
-
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return adamx.apply_updates(p, u), s
-
-    compiled = (
-        jax.jit(step, donate_argnums=(0, 1))
-        .lower(params, tx.init(params), params)
-        .compile()
-    )
+    compiled = compiled_step(adamx.adam(1e-3, state_bits=bits), {"w": jnp.zeros(n)})
     scratch = compiled.memory_analysis().temp_size_in_bytes
     blocks = n // lowbit.BLOCK_SIZES[bits]
     # Both moments' codes, and a few float32 values per block (maxima, their
