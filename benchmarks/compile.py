@@ -28,7 +28,13 @@ def make_params(n_leaves: int) -> dict:
 
 
 def loss_fn(params: dict) -> jax.Array:
-    return sum(jnp.sum(jnp.sin(p) ** 2) for p in params.values())
+    # Summed pairwise, so the loss adds a graph of depth log2(leaves), not a
+    # chain of additions as long as the tree.
+    terms = [jnp.sum(jnp.sin(p) ** 2) for p in params.values()]
+    while len(terms) > 1:
+        pairs = zip(terms[0::2], terms[1::2], strict=False)
+        terms = [a + b for a, b in pairs] + terms[len(terms) // 2 * 2 :]
+    return terms[0]
 
 
 def variants(params: dict) -> dict:
