@@ -194,15 +194,13 @@ def code_map(name: str, bits: int) -> np.ndarray:
     return _MAPS[key].values
 
 
-def _powers_of_five(exponent: jax.Array, inverse: bool) -> jax.Array:
-    """:math:`5^e` (or :math:`5^{-e}`) for int32 ``e`` in [0, 7], from e's bits.
+def _inverse_powers_of_five(exponent: jax.Array) -> jax.Array:
+    """:math:`5^{-e}` for int32 ``e`` in [0, 7], from e's bits, within a few ulps.
 
-    Three selects and two products, where a select per decade would take seven;
-    :math:`5^e` is exact in float32, :math:`5^{-e}` within a few ulps.
+    Three selects and two products, where a select per decade would take seven.
     """
-    factors = (0.2, 0.04, 0.0016) if inverse else (5.0, 25.0, 625.0)
     power = jnp.float32(1)
-    for bit, factor in enumerate(factors):
+    for bit, factor in enumerate((0.2, 0.04, 0.0016)):
         set_ = (exponent & (1 << bit)) != 0
         power = power * jnp.where(set_, jnp.float32(factor), jnp.float32(1))
     return power
@@ -228,8 +226,8 @@ def _encode(a: jax.Array, cmap: _CodeMap) -> jax.Array:
     # 0.1 * 10^-E, so the bin is floor(m * 10^(width-1) / (0.9 * 5^F) - 2^F / 9):
     # powers of 5 and 2 instead of a table of per-decade constants.
     first = jnp.left_shift(jnp.int32(1), fraction_bits)
-    inverse = jnp.float32(10.0 ** (cmap.width - 1) / 0.9) * _powers_of_five(
-        fraction_bits, inverse=True
+    inverse = jnp.float32(10.0 ** (cmap.width - 1) / 0.9) * _inverse_powers_of_five(
+        fraction_bits
     )
     f = jnp.floor(m * inverse - first.astype(jnp.float32) * jnp.float32(1 / 9))
     # A decade's codes are first .. 2 * first - 1.
