@@ -4,7 +4,14 @@ For each tree size the step ``grad -> tx.update -> apply_updates`` is traced,
 lowered and compiled with ``jax.jit(...).lower(...).compile()``; repetitions are
 interleaved between the libraries and the median is reported.
 
-Run: python benchmarks/compile.py [--leaves 100 1000 5000] [--reps 3] [--json out.json]
+Three kinds of tree: ``same``, every leaf 16 floats; ``ten``, leaf i
+16 + i % 10 floats, ten shapes repeated as the layers of a deep network repeat
+theirs; and ``distinct``, leaf i 16 + i floats. XLA compiles a kernel once for
+all the identical kernels of a program, so the fewer distinct shapes, the less
+code a per-leaf optimizer generates.
+
+Run: python benchmarks/compile.py [--tree same|ten|distinct] [--leaves 100 1000 5000]
+[--reps 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,9 +28,13 @@ import optax
 import adamx
 
 
-def make_params(n_leaves: int) -> dict:
+def make_params(n_leaves: int, tree: str = "same") -> dict:
+    def size(i: int) -> int:
+        return {"same": 16, "ten": 16 + i % 10, "distinct": 16 + i}[tree]
+
     return {
-        f"layer{i:05d}": jnp.full((16,), 0.01 * (i % 7 + 1)) for i in range(n_leaves)
+        f"layer{i:05d}": jnp.full((size(i),), 0.01 * (i % 7 + 1))
+        for i in range(n_leaves)
     }
 
 
@@ -72,13 +83,14 @@ def compile_seconds(step, args) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", choices=["same", "ten", "distinct"], default="same")
     parser.add_argument("--leaves", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     results = {}
     for n in args.leaves:
-        cases = variants(make_params(n))
+        cases = variants(make_params(n, args.tree))
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.reps):
             for name, (step, step_args) in cases.items():
@@ -89,11 +101,20 @@ def main(argv: list[str] | None = None) -> dict:
             name: {"s": t, "ratio_to_optax": t / base} for name, t in medians.items()
         }
         for name, t in medians.items():
-            print(f"{n:6d} leaves  {name:18s} {t:8.3f} s  {t / base:5.2f}x optax")
+            print(
+                f"{args.tree:8s} {n:6d} leaves  {name:18s} {t:8.3f} s  "
+                f"{t / base:5.2f}x optax"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"device": str(jax.devices()[0]), "results": results}, f, indent=2
+                {
+                    "device": str(jax.devices()[0]),
+                    "tree": args.tree,
+                    "results": results,
+                },
+                f,
+                indent=2,
             )
     return results
 

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -41,8 +43,24 @@ def test_resnet50_shapes_have_the_published_parameter_count():
     assert n == 25_557_032  # torchvision's ResNet-50, batch-norm statistics excluded
 
 
-def test_compile_benchmark_runs(tmp_path):
+@pytest.mark.parametrize("tree", ["same", "ten", "distinct"])
+def test_compile_benchmark_runs(tmp_path, tree):
     out = tmp_path / "compile.json"
-    load("compile").main(["--leaves", "5", "--reps", "1", "--json", str(out)])
-    results = json.loads(out.read_text())["results"]
-    assert set(results["5"]) == {"optax.adam", "adamx.adam", "adamx.adam flat"}
+    load("compile").main(
+        ["--tree", tree, "--leaves", "5", "--reps", "1", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    assert report["tree"] == tree
+    rows = report["results"]["5"]
+    assert set(rows) == {"optax.adam", "adamx.adam", "adamx.adam flat"}
+    assert rows["optax.adam"]["ratio_to_optax"] == 1.0
+
+
+def test_compile_benchmark_trees():
+    make_params = load("compile").make_params
+    assert [p.shape for p in make_params(3, "same").values()] == [(16,)] * 3
+    sizes = [p.size for p in make_params(12, "ten").values()]
+    assert sizes == [16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 16, 17]
+    assert [p.shape for p in make_params(3, "distinct").values()] == [
+        (16,), (17,), (18,)
+    ]  # fmt: skip
