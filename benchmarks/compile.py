@@ -4,14 +4,15 @@ For each tree size the step ``grad -> tx.update -> apply_updates`` is traced,
 lowered and compiled with ``jax.jit(...).lower(...).compile()``; repetitions are
 interleaved between the libraries and the median is reported.
 
-Three kinds of tree: ``same``, every leaf 16 floats; ``ten``, leaf i
+Four kinds of tree: ``same``, every leaf 16 floats; ``ten``, leaf i
 16 + i % 10 floats, ten shapes repeated as the layers of a deep network repeat
-theirs; and ``distinct``, leaf i 16 + i floats. XLA compiles a kernel once for
-all the identical kernels of a program, so the fewer distinct shapes, the less
-code a per-leaf optimizer generates.
+theirs; ``distinct``, leaf i 16 + i floats; and ``resnet50``, the first N of
+ResNet-50's 161 parameter shapes (28 of them distinct). XLA compiles a kernel
+once for all the identical kernels of a program, so the fewer distinct shapes,
+the less code a per-leaf optimizer generates.
 
-Run: python benchmarks/compile.py [--tree same|ten|distinct] [--leaves 100 1000 5000]
-[--reps 3] [--json out.json]
+Run: python benchmarks/compile.py [--tree same|ten|distinct|resnet50]
+[--leaves 100 1000 5000] [--reps 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,22 +20,45 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import adamx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step import resnet50_shapes  # noqa: E402
+
+import adamx  # noqa: E402
+
+TREES = ("same", "ten", "distinct", "resnet50")
+
+
+def leaf_shapes(n_leaves: int, tree: str = "same") -> list[tuple[int, ...]]:
+    if tree == "resnet50":
+        resnet = resnet50_shapes()
+        if n_leaves > len(resnet):
+            raise ValueError(
+                f"n_leaves={n_leaves}: the resnet50 tree has {len(resnet)} leaves"
+            )
+        return resnet[:n_leaves]
+    sizes = {
+        "same": lambda i: 16,
+        "ten": lambda i: 16 + i % 10,
+        "distinct": lambda i: 16 + i,
+    }
+    if tree not in sizes:
+        raise ValueError(f"tree={tree!r}: the trees are {TREES}")
+    return [(sizes[tree](i),) for i in range(n_leaves)]
 
 
 def make_params(n_leaves: int, tree: str = "same") -> dict:
-    def size(i: int) -> int:
-        return {"same": 16, "ten": 16 + i % 10, "distinct": 16 + i}[tree]
-
     return {
-        f"layer{i:05d}": jnp.full((size(i),), 0.01 * (i % 7 + 1))
-        for i in range(n_leaves)
+        f"layer{i:05d}": jnp.full(shape, 0.01 * (i % 7 + 1))
+        for i, shape in enumerate(leaf_shapes(n_leaves, tree))
     }
 
 
@@ -83,11 +107,13 @@ def compile_seconds(step, args) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", choices=["same", "ten", "distinct"], default="same")
+    parser.add_argument("--tree", choices=TREES, default="same")
     parser.add_argument("--leaves", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
+    if args.tree == "resnet50" and max(args.leaves) > len(resnet50_shapes()):
+        parser.error(f"--tree resnet50 has {len(resnet50_shapes())} leaves at most")
     results = {}
     for n in args.leaves:
         cases = variants(make_params(n, args.tree))

@@ -43,7 +43,7 @@ def test_resnet50_shapes_have_the_published_parameter_count():
     assert n == 25_557_032  # torchvision's ResNet-50, batch-norm statistics excluded
 
 
-@pytest.mark.parametrize("tree", ["same", "ten", "distinct"])
+@pytest.mark.parametrize("tree", ["same", "ten", "distinct", "resnet50"])
 def test_compile_benchmark_runs(tmp_path, tree):
     out = tmp_path / "compile.json"
     load("compile").main(
@@ -61,6 +61,9 @@ def test_compile_benchmark_trees():
     assert [p.shape for p in make_params(3, "same").values()] == [(16,)] * 3
     sizes = [p.size for p in make_params(12, "ten").values()]
     assert sizes == [16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 16, 17]
+    shapes = load("compile").leaf_shapes(161, "resnet50")
+    assert shapes[:2] == [(64, 3, 7, 7), (64,)] and shapes[-1] == (1000,)
+    assert len(set(shapes)) == 28
     assert [p.shape for p in make_params(3, "distinct").values()] == [
         (16,), (17,), (18,)
     ]  # fmt: skip
