@@ -7,9 +7,10 @@ memory is allocated): state, params, and both together.
 Part 2 times one optimizer step (``tx.update`` then ``apply_updates``, the
 gradient given) of AdamW with float32, bfloat16, 8-bit and 4-bit state, and of
 Optax's AdamW, on a tree of 16M float32 params: jitted, params and state
-donated, the configurations interleaved repetition by repetition, medians
-reported with their ratio to adamx float32. A copy of the same tree (read params
-and gradient, write params) is timed alongside as the bandwidth floor.
+donated, the configurations interleaved repetition by repetition in a random
+(seeded) order, medians reported with their ratio to adamx float32. A copy of
+the same tree (read params and gradient, write params) is timed alongside as
+the bandwidth floor.
 
 Run: python benchmarks/memory.py [--size 2048] [--matrices 4] [--reps 15]
      [--json out.json]
@@ -21,6 +22,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import statistics
 import time
 from typing import Any
@@ -135,8 +137,13 @@ def time_steps(size: int, count: int, reps: int) -> dict[str, Any]:
         for _ in range(2):
             entry[1] = entry[0](*entry[1], grads)
         jax.block_until_ready(entry[1])
+    # A fresh random order each repetition: a step run right after another pays
+    # for what that one left behind (benchmarks/step.py measured 10%).
+    order = list(runs.values())
+    rng = random.Random(0)
     for _ in range(reps):
-        for entry in runs.values():
+        rng.shuffle(order)
+        for entry in order:
             start = time.perf_counter()
             entry[1] = entry[0](*entry[1], grads)
             jax.block_until_ready(entry[1])

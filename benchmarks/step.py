@@ -5,8 +5,8 @@ An Adam step reads params, grads, m and v and writes params, m and v: 28 bytes p
 float32 parameter (14 in bfloat16), so its floor is set by memory bandwidth. Each
 case reports the median step time, the effective bandwidth at those bytes, the ratio
 to ``optax.adam`` and the ratio to the bandwidth limit. Every step is jitted with the
-params and state donated; repetitions are interleaved across implementations and
-warm-up calls are excluded.
+params and state donated; repetitions are interleaved across implementations, in a
+random order each time (seeded), and warm-up calls are excluded.
 
 The 8-bit and 4-bit rows time the same step with block-wise quantized moments
 (``state_bits``); their bandwidth columns still count 28 bytes per param, so read
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -135,16 +136,24 @@ def measure_bandwidth(n: int, reps: int) -> float:
 
 
 def time_interleaved(
-    impls: dict[str, Callable[[], None]], reps: int
+    impls: dict[str, Callable[[], None]], reps: int, seed: int = 0
 ) -> dict[str, float]:
+    """Median ms of each implementation, in a fresh random order every repetition.
+
+    A fixed order would charge each step for what the one before it left behind:
+    measured here, the step run right after the 8-bit one took 10% longer.
+    """
     for fn in impls.values():  # warm-up: compile and first touch, not timed
         fn()
         fn()
     times: dict[str, list[float]] = {name: [] for name in impls}
+    order = list(impls)
+    rng = random.Random(seed)
     for _ in range(reps):
-        for name, fn in impls.items():
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            impls[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
