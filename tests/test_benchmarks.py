@@ -67,3 +67,14 @@ def test_compile_benchmark_trees():
     assert [p.shape for p in make_params(3, "distinct").values()] == [
         (16,), (17,), (18,)
     ]  # fmt: skip
+
+
+def test_step_benchmark_shuffles_the_order_of_each_repetition():
+    calls = []
+    impls = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    medians = load("step").time_interleaved(impls, reps=6)
+    assert set(medians) == set("abcd")
+    timed = calls[2 * len(impls) :]  # after two warm-up calls each
+    rounds = [tuple(timed[i : i + 4]) for i in range(0, len(timed), 4)]
+    assert len(rounds) == 6 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1
