@@ -14,7 +14,8 @@ Each row gives the largest number of optimizer-state bytes on one device (and it
 share of the two moments' bytes), the median and the best step time, the ratio of
 the median to Optax's, and the floor: the median time of one fused pass with an
 Adam step's memory traffic (read params, gradients and two moments; write params
-and moments) on the replicated layout, measured in the same run. Fake CPU devices
+and moments) on the replicated layout, measured in the same run. The variants and
+the floor run in a fresh random (seeded) order each round. Fake CPU devices
 share the host's cores, so step times say more about overheads than about scaling.
 
 Run: python benchmarks/sharding.py [--devices 1 2 4 8] [--width 512] [--layers 8]
@@ -27,6 +28,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -98,23 +100,32 @@ def worker(width: int, layers: int, reps: int) -> dict:
         p = jax.tree.map(lambda p, m, v: p - 1e-3 * m / (jnp.sqrt(v) + 1e-8), p, m, v)
         return p, m, v
 
-    floor_p, floor_m, floor_v = jax.tree.map(jnp.copy, (params, params, params))
+    floor_state = jax.tree.map(jnp.copy, (params, params, params))
+
+    def run(name: str) -> None:
+        nonlocal floor_state
+        if name == "floor":
+            p, m, v = floor_state
+            floor_state = jax.block_until_ready(floor(p, grads, m, v))
+            return
+        case = cases[name]
+        case["params"], case["state"] = case["step"](
+            case["params"], case["state"], grads
+        )
+        jax.block_until_ready(case["params"])
+
     times: dict[str, list[float]] = {name: [] for name in [*cases, "floor"]}
+    # A fresh random order each round: a step run right after another pays for
+    # what that one left behind (benchmarks/step.py measured 10%).
+    order = list(times)
+    rng = random.Random(0)
     for rep in range(reps + 2):  # two warm-up rounds, not timed
-        for name, case in cases.items():
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            case["params"], case["state"] = case["step"](
-                case["params"], case["state"], grads
-            )
-            jax.block_until_ready(case["params"])
+            run(name)
             if rep >= 2:
                 times[name].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        floor_p, floor_m, floor_v = jax.block_until_ready(
-            floor(floor_p, grads, floor_m, floor_v)
-        )
-        if rep >= 2:
-            times["floor"].append(time.perf_counter() - start)
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}

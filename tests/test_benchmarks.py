@@ -78,3 +78,21 @@ def test_step_benchmark_shuffles_the_order_of_each_repetition():
     rounds = [tuple(timed[i : i + 4]) for i in range(0, len(timed), 4)]
     assert len(rounds) == 6 and all(sorted(r) == list("abcd") for r in rounds)
     assert len(set(rounds)) > 1
+
+
+def test_sharding_benchmark_splits_the_state_over_the_devices(tmp_path):
+    out = tmp_path / "sharding.json"
+    load("sharding").main(
+        ["--devices", "1", "2", "--width", "64", "--layers", "2", "--reps", "2"]
+        + ["--json", str(out)]
+    )
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["devices"] for r in runs] == [1, 2]
+    for run in runs:
+        moments = 2 * 4 * run["params"]  # two float32 moments
+        rows = run["results"]
+        assert rows["optax.adamw"]["ratio_to_optax"] == 1.0
+        assert rows["adamx.adamw"]["state_bytes_per_device"] >= moments
+        sharded = rows["adamx.sharded(adamw)"]["state_bytes_per_device"]
+        # Each device keeps its share of the moments, plus a few scalars.
+        assert moments / run["devices"] <= sharded < moments / run["devices"] + 64
