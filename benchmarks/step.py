@@ -12,7 +12,7 @@ The 8-bit and 4-bit rows time the same step with block-wise quantized moments
 (``state_bits``); their bandwidth columns still count 28 bytes per param, so read
 them as time relative to float32 Adam.
 
-Run: python benchmarks/step.py [--reps 15] [--json out.json] [--plot out.png]
+Run: python benchmarks/step.py [--reps 31] [--json out.json] [--plot out.png]
      python benchmarks/step.py --quick   # small sizes, a few seconds
 """
 
@@ -189,7 +189,7 @@ def implementations(shapes, dtype, with_torch: bool) -> dict[str, Callable[[], N
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=31)
     parser.add_argument("--quick", action="store_true", help="sizes divided by 16")
     parser.add_argument("--scale", type=int, default=1, help="divide sizes by this")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
