@@ -34,7 +34,13 @@ from step import resnet50_shapes  # noqa: E402
 
 import adamx  # noqa: E402
 
-TREES = ("same", "ten", "distinct", "resnet50")
+# Leaf i's number of floats, per kind of tree of 1-D leaves.
+SIZES = {
+    "same": lambda i: 16,
+    "ten": lambda i: 16 + i % 10,
+    "distinct": lambda i: 16 + i,
+}
+TREES = (*SIZES, "resnet50")
 
 
 def leaf_shapes(n_leaves: int, tree: str = "same") -> list[tuple[int, ...]]:
@@ -45,14 +51,9 @@ def leaf_shapes(n_leaves: int, tree: str = "same") -> list[tuple[int, ...]]:
                 f"n_leaves={n_leaves}: the resnet50 tree has {len(resnet)} leaves"
             )
         return resnet[:n_leaves]
-    sizes = {
-        "same": lambda i: 16,
-        "ten": lambda i: 16 + i % 10,
-        "distinct": lambda i: 16 + i,
-    }
-    if tree not in sizes:
+    if tree not in SIZES:
         raise ValueError(f"tree={tree!r}: the trees are {TREES}")
-    return [(sizes[tree](i),) for i in range(n_leaves)]
+    return [(SIZES[tree](i),) for i in range(n_leaves)]
 
 
 def make_params(n_leaves: int, tree: str = "same") -> dict:
@@ -112,8 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
-    if args.tree == "resnet50" and max(args.leaves) > len(resnet50_shapes()):
-        parser.error(f"--tree resnet50 has {len(resnet50_shapes())} leaves at most")
+    try:
+        leaf_shapes(max(args.leaves), args.tree)
+    except ValueError as error:
+        parser.error(str(error))
     results = {}
     for n in args.leaves:
         cases = variants(make_params(n, args.tree))

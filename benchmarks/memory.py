@@ -22,17 +22,26 @@ import argparse
 import functools
 import json
 import os
-import random
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import adamx
-from adamx.lowbit import kahan_summation, state_nbytes, stochastic_rounding
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step import shuffled_rounds  # noqa: E402
+
+import adamx  # noqa: E402
+from adamx.lowbit import (  # noqa: E402
+    kahan_summation,
+    state_nbytes,
+    stochastic_rounding,
+)
 
 # name: (optimizer factory, params dtype)
 TABLE = {
@@ -137,13 +146,8 @@ def time_steps(size: int, count: int, reps: int) -> dict[str, Any]:
         for _ in range(2):
             entry[1] = entry[0](*entry[1], grads)
         jax.block_until_ready(entry[1])
-    # A fresh random order each repetition: a step run right after another pays
-    # for what that one left behind (benchmarks/step.py measured 10%).
-    order = list(runs.values())
-    rng = random.Random(0)
-    for _ in range(reps):
-        rng.shuffle(order)
-        for entry in order:
+    for order in shuffled_rounds(runs, reps):
+        for entry in (runs[name] for name in order):
             start = time.perf_counter()
             entry[1] = entry[0](*entry[1], grads)
             jax.block_until_ready(entry[1])

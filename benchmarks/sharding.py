@@ -28,7 +28,6 @@ import argparse
 import functools
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,11 @@ def worker(width: int, layers: int, reps: int) -> dict:
 
     import adamx
     from adamx.sharding import bytes_per_device, sharded
+
+    # Imported here, as jax is: the parent process must not start XLA before it
+    # sets the device count for the worker.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from step import shuffled_rounds
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     replicated = NamedSharding(mesh, P())
@@ -115,12 +119,8 @@ def worker(width: int, layers: int, reps: int) -> dict:
         jax.block_until_ready(case["params"])
 
     times: dict[str, list[float]] = {name: [] for name in [*cases, "floor"]}
-    # A fresh random order each round: a step run right after another pays for
-    # what that one left behind (benchmarks/step.py measured 10%).
-    order = list(times)
-    rng = random.Random(0)
-    for rep in range(reps + 2):  # two warm-up rounds, not timed
-        rng.shuffle(order)
+    # Two warm-up rounds, not timed.
+    for rep, order in enumerate(shuffled_rounds(times, reps + 2)):
         for name in order:
             start = time.perf_counter()
             run(name)

@@ -23,7 +23,7 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -135,22 +135,31 @@ def measure_bandwidth(n: int, reps: int) -> float:
     return best
 
 
+def shuffled_rounds(
+    names: Iterable[str], rounds: int, seed: int = 0
+) -> Iterator[list[str]]:
+    """The names in a fresh random (seeded) order for each of ``rounds`` rounds.
+
+    Timed in a fixed order, each step would be charged for what the one before it
+    left behind: measured here, the step run right after the 8-bit one took 10%
+    longer.
+    """
+    order = list(names)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        yield order
+
+
 def time_interleaved(
     impls: dict[str, Callable[[], None]], reps: int, seed: int = 0
 ) -> dict[str, float]:
-    """Median ms of each implementation, in a fresh random order every repetition.
-
-    A fixed order would charge each step for what the one before it left behind:
-    measured here, the step run right after the 8-bit one took 10% longer.
-    """
+    """Median ms of each implementation, timed in :func:`shuffled_rounds`."""
     for fn in impls.values():  # warm-up: compile and first touch, not timed
         fn()
         fn()
     times: dict[str, list[float]] = {name: [] for name in impls}
-    order = list(impls)
-    rng = random.Random(seed)
-    for _ in range(reps):
-        rng.shuffle(order)
+    for order in shuffled_rounds(impls, reps, seed):
         for name in order:
             start = time.perf_counter()
             impls[name]()

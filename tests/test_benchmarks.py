@@ -57,11 +57,12 @@ def test_compile_benchmark_runs(tmp_path, tree):
 
 
 def test_compile_benchmark_trees():
-    make_params = load("compile").make_params
+    compile_ = load("compile")
+    make_params = compile_.make_params
     assert [p.shape for p in make_params(3, "same").values()] == [(16,)] * 3
     sizes = [p.size for p in make_params(12, "ten").values()]
     assert sizes == [16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 16, 17]
-    shapes = load("compile").leaf_shapes(161, "resnet50")
+    shapes = compile_.leaf_shapes(161, "resnet50")
     assert shapes[:2] == [(64, 3, 7, 7), (64,)] and shapes[-1] == (1000,)
     assert len(set(shapes)) == 28
     assert [p.shape for p in make_params(3, "distinct").values()] == [
