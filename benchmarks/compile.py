@@ -1,8 +1,10 @@
 """Compile time of a training step with many leaves: adamx against Optax.
 
 For each tree size the step ``grad -> tx.update -> apply_updates`` is traced,
-lowered and compiled with ``jax.jit(...).lower(...).compile()``; repetitions are
-interleaved between the libraries and the median is reported.
+lowered and compiled with ``jax.jit(...).trace(...).lower().compile()``;
+repetitions are interleaved between the libraries and the median is reported,
+in all and for each phase: JAX tracing the step to a jaxpr, lowering it to
+StableHLO, and XLA compiling that to machine code.
 
 Four kinds of tree: ``same``, every leaf 16 floats; ``ten``, leaf i
 16 + i % 10 floats, ten shapes repeated as the layers of a deep network repeat
@@ -99,11 +101,24 @@ def variants(params: dict) -> dict:
     }
 
 
-def compile_seconds(step, args) -> float:
+PHASES = ("trace", "lower", "xla")
+
+
+def compile_seconds(step, args) -> dict[str, float]:
+    """Seconds spent tracing to a jaxpr, lowering it, and in XLA's compiler."""
     jax.clear_caches()
     start = time.perf_counter()
-    jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
-    return time.perf_counter() - start
+    traced = jax.jit(step, donate_argnums=(0, 1)).trace(*args)
+    traced_at = time.perf_counter()
+    lowered = traced.lower()
+    lowered_at = time.perf_counter()
+    lowered.compile()
+    done = time.perf_counter()
+    return {
+        "trace": traced_at - start,
+        "lower": lowered_at - traced_at,
+        "xla": done - lowered_at,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,19 +135,28 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for n in args.leaves:
         cases = variants(make_params(n, args.tree))
-        times: dict[str, list[float]] = {name: [] for name in cases}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
         for _ in range(args.reps):
             for name, (step, step_args) in cases.items():
-                times[name].append(compile_seconds(step, step_args))
-        medians = {name: statistics.median(t) for name, t in times.items()}
-        base = medians["optax.adam"]
-        results[n] = {
-            name: {"s": t, "ratio_to_optax": t / base} for name, t in medians.items()
+                runs[name].append(compile_seconds(step, step_args))
+        # The total's median is taken over whole runs; each phase's median
+        # separately, so the phases need not add up to it exactly.
+        medians = {
+            name: {
+                "s": statistics.median(sum(r.values()) for r in rs),
+                **{f"{p}_s": statistics.median(r[p] for r in rs) for p in PHASES},
+            }
+            for name, rs in runs.items()
         }
-        for name, t in medians.items():
+        base = medians["optax.adam"]["s"]
+        results[n] = {
+            name: {**m, "ratio_to_optax": m["s"] / base} for name, m in medians.items()
+        }
+        for name, m in medians.items():
             print(
-                f"{args.tree:8s} {n:6d} leaves  {name:18s} {t:8.3f} s  "
-                f"{t / base:5.2f}x optax"
+                f"{args.tree:8s} {n:6d} leaves  {name:18s} {m['s']:8.3f} s  "
+                f"{m['s'] / base:5.2f}x optax  (trace {m['trace_s']:.2f}, "
+                f"lower {m['lower_s']:.2f}, XLA {m['xla_s']:.2f})"
             )
     if args.json:
         with open(args.json, "w") as f:

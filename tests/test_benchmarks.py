@@ -54,6 +54,11 @@ def test_compile_benchmark_runs(tmp_path, tree):
     rows = report["results"]["5"]
     assert set(rows) == {"optax.adam", "adamx.adam", "adamx.adam flat"}
     assert rows["optax.adam"]["ratio_to_optax"] == 1.0
+    for row in rows.values():
+        phases = [row["trace_s"], row["lower_s"], row["xla_s"]]
+        assert all(t > 0 for t in phases)
+        # One repetition: the medians are that run's, so the phases add up.
+        assert sum(phases) == pytest.approx(row["s"], rel=1e-9)
 
 
 def test_compile_benchmark_trees():
