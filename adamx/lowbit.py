@@ -489,6 +489,29 @@ def _as_blocks(x: jax.Array, fmt: QuantizedFormat) -> jax.Array:
     return flat.reshape(padded // fmt.block_size, *_block_shape(fmt))
 
 
+def _pass_blocks(flat: jax.Array, fmt: QuantizedFormat, use: int) -> jax.Array:
+    """:func:`_as_blocks` of a 1-D leaf that is not whole blocks, for pass ``use``.
+
+    Written so that XLA fuses the padding into the pass that reads it. Given
+    one pad, XLA shares it between the passes of a step and writes it out, a
+    fresh buffer per leaf and step; and it fuses no pad into the reduction
+    that takes the block maxima. So pass 0 (the maxima) reads the leaf by a
+    clamped lookup with the tail masked to zero, and each encoding pass pads
+    ``use`` blocks further and slices them off again: an expression of its
+    own, which fuses into that pass.
+    """
+    size = flat.shape[0]
+    blocks = -(-size // fmt.block_size)
+    shape = (blocks, *_block_shape(fmt))
+    if use == 0:
+        index = jax.lax.broadcasted_iota(jnp.int32, (blocks * fmt.block_size,), 0)
+        index = index.reshape(shape)
+        inside = flat.at[jnp.minimum(index, size - 1)].get(mode="promise_in_bounds")
+        return jnp.where(index < size, inside, jnp.zeros((), flat.dtype))
+    padded = jnp.pad(flat, (0, (blocks + use) * fmt.block_size - size))
+    return padded.reshape(blocks + use, *shape[1:])[:blocks]
+
+
 def _from_blocks(blocks: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     flat = blocks.reshape(-1)
     size = math.prod(shape)
@@ -794,10 +817,15 @@ def update_moments(
     # a conv kernel's (out, in, 3, 3) elements from the blocks' loops through
     # its four indices, recomputed per element, and not vectorize them.
     flat_g = jax.lax.optimization_barrier(jnp.reshape(g, (-1,)))
+    # An 8-bit leaf that is not whole blocks goes in flat, and each pass pads
+    # it its own way (see _update_blocks). With 4 bits, packing reads each
+    # block twice, and XLA fuses neither a pad nor a lookup into it: one
+    # shared pad, written out, costs less there.
+    whole = flat_g.shape[0] % fmt.block_size == 0
     u, *new = _update_blocks(
         body,
         compute_dtype,
-        _as_blocks(flat_g, fmt),
+        _as_blocks(flat_g, fmt) if whole or fmt.bits == 4 else flat_g,
         moments,
         [m.codes for m in moments],
         [m.absmax for m in moments],
@@ -822,6 +850,10 @@ def _update_blocks(
     loop, where a shared result would be written out in float32 and read back.
     Decoding is cheaper than that traffic, and than a fresh buffer of a large
     leaf's size, whose pages the system must map on every step.
+
+    ``g_blocks`` may also be the flat gradient of a leaf that is not whole
+    blocks: the update is then the leaf's shape, flat, and the other passes
+    pad the gradient each their own way (:func:`_pass_blocks`).
     """
     maps = [_MAPS[(m.format.code_map, m.bits)] for m in moments]
     passes = 2 + len(moments)  # maxima, one encoding per moment, the update
@@ -834,6 +866,12 @@ def _update_blocks(
             _dequantize_blocks(c, a, cm, m.bits, use, passes).astype(compute_dtype)
             for c, a, cm, m in zip(codes_, absmaxes_, maps, moments, strict=True)
         ]
+        if g_.ndim == 1 and use == passes - 1:
+            # The update needs the leaf's own elements only: the moments
+            # flattened and cut to the leaf, the gradient as it is.
+            loaded = [x.reshape(-1)[: g_.shape[0]] for x in loaded]
+        elif g_.ndim == 1:
+            g_ = _pass_blocks(g_, moments[0].format, use)
         u, *new = body(g_, *loaded)
         return u, [x.astype(jnp.float32) for x in new]
 
