@@ -479,14 +479,20 @@ def _block_shape(fmt: QuantizedFormat) -> tuple[int, ...]:
     return (fmt.block_size,)
 
 
-def _as_blocks(x: jax.Array, fmt: QuantizedFormat) -> jax.Array:
-    """Flatten, pad with zeros to whole blocks: (k, *_block_shape), x's dtype."""
+def _as_blocks(x: jax.Array, fmt: QuantizedFormat, spare: int = 0) -> jax.Array:
+    """Flatten, pad with zeros to whole blocks: (k, *_block_shape), x's dtype.
+
+    ``spare`` pads that many blocks further and slices them off again: the
+    same blocks, by an expression of their own (see :func:`_pass_blocks`).
+    """
     flat = jnp.reshape(x, (-1,))
     size = flat.shape[0]
-    padded = -(-size // fmt.block_size) * fmt.block_size
+    blocks = -(-size // fmt.block_size)
+    padded = (blocks + spare) * fmt.block_size
     if padded != size:
         flat = jnp.pad(flat, (0, padded - size))
-    return flat.reshape(padded // fmt.block_size, *_block_shape(fmt))
+    out = flat.reshape(blocks + spare, *_block_shape(fmt))
+    return out[:blocks] if spare else out
 
 
 def _pass_blocks(flat: jax.Array, fmt: QuantizedFormat, use: int) -> jax.Array:
@@ -500,16 +506,14 @@ def _pass_blocks(flat: jax.Array, fmt: QuantizedFormat, use: int) -> jax.Array:
     ``use`` blocks further and slices them off again: an expression of its
     own, which fuses into that pass.
     """
+    if use > 0:
+        return _as_blocks(flat, fmt, spare=use)
     size = flat.shape[0]
     blocks = -(-size // fmt.block_size)
-    shape = (blocks, *_block_shape(fmt))
-    if use == 0:
-        index = jax.lax.broadcasted_iota(jnp.int32, (blocks * fmt.block_size,), 0)
-        index = index.reshape(shape)
-        inside = flat.at[jnp.minimum(index, size - 1)].get(mode="promise_in_bounds")
-        return jnp.where(index < size, inside, jnp.zeros((), flat.dtype))
-    padded = jnp.pad(flat, (0, (blocks + use) * fmt.block_size - size))
-    return padded.reshape(blocks + use, *shape[1:])[:blocks]
+    index = jax.lax.broadcasted_iota(jnp.int32, (blocks * fmt.block_size,), 0)
+    index = index.reshape(blocks, *_block_shape(fmt))
+    inside = flat.at[jnp.minimum(index, size - 1)].get(mode="promise_in_bounds")
+    return jnp.where(index < size, inside, jnp.zeros((), flat.dtype))
 
 
 def _from_blocks(blocks: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
