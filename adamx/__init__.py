@@ -41,6 +41,7 @@ from adamx.lowbit import (
     state_nbytes,
     stochastic_rounding,
 )
+from adamx.native import native_available, step
 from adamx.optimizers import (
     adabelief,
     adafactor,
@@ -204,6 +205,7 @@ __all__ = [
     "nadam",
     "nadamw",
     "named_chain",
+    "native_available",
     "partition",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
@@ -232,6 +234,7 @@ __all__ = [
     "sharded",
     "state_nbytes",
     "state_shardings",
+    "step",
     "stochastic_rounding",
     "trace",
     "tree_zeros_like",

@@ -17,6 +17,7 @@ from adamx import checks
 from adamx.base import GradientTransformation, ScalarOrSchedule, identity
 from adamx.combine import chain
 from adamx.fused import fused_or_plain
+from adamx.native import register_adam
 from adamx.transforms import (
     add_decayed_weights,
     clip_by_block_rms,
@@ -70,6 +71,25 @@ def _check_fused_state_bits(fused: bool, state_bits: Any) -> None:
             "quantization is not element-wise (on a flat buffer its blocks would "
             "span leaves). Use fused=False, or state_bits=16 or 32."
         )
+
+
+def _natively_run(
+    tx: GradientTransformation,
+    fused: bool,
+    nesterov: bool,
+    mu_dtype: Any,
+    nu_dtype: Any,
+    state_bits: Any,
+    spec: tuple,
+) -> GradientTransformation:
+    """Let :func:`adamx.step` run ``tx`` natively where its kernel computes it."""
+    if fused is not True or nesterov is not False:
+        return tx
+    # state_bits may be a tracer (inject_hyperparams injects every number).
+    bits_32 = state_bits is None or (type(state_bits) is int and state_bits == 32)
+    if mu_dtype is None and nu_dtype is None and bits_32:
+        register_adam(tx, *spec)
+    return tx
 
 
 def adam(
@@ -139,7 +159,15 @@ def adam(
         ),
         _scale_by_required_rate(learning_rate),
     )
-    return fused_or_plain(tx, fused)
+    return _natively_run(
+        fused_or_plain(tx, fused),
+        fused,
+        nesterov,
+        mu_dtype,
+        nu_dtype,
+        state_bits,
+        (b1, b2, eps, eps_root, None),
+    )
 
 
 def nadam(
@@ -276,7 +304,15 @@ def adamw(
         add_decayed_weights(weight_decay, mask),
         _scale_by_required_rate(learning_rate),
     )
-    return fused_or_plain(tx, fused)
+    return _natively_run(
+        fused_or_plain(tx, fused),
+        fused and mask is None,
+        nesterov,
+        mu_dtype,
+        nu_dtype,
+        state_bits,
+        (b1, b2, eps, eps_root, weight_decay),
+    )
 
 
 def nadamw(

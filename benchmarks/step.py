@@ -8,6 +8,9 @@ to ``optax.adam`` and the ratio to the bandwidth limit. Every step is jitted wit
 params and state donated; repetitions are interleaved across implementations, in a
 random order each time (seeded), and warm-up calls are excluded.
 
+``adamx.step (flat)`` takes the params and writes them with the moments in one
+native loop (``adamx.native``), outside Optax's updates-then-apply protocol.
+
 The 8-bit and 4-bit rows time the same step with block-wise quantized moments
 (``state_bits``); their bandwidth columns still count 28 bytes per param, so read
 them as time relative to float32 Adam.
@@ -74,13 +77,15 @@ def make_tree(shapes, dtype, seed):
 class JaxStep:
     """One implementation's donated step with its own buffers."""
 
-    def __init__(self, tx, apply_updates, params, grads):
+    def __init__(self, tx, apply_updates, params, grads, *, in_place=False):
         # Own copies: the step donates its params, which must not be shared.
         params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
         self.state = tx.init(params)
         self.params, self.grads = params, grads
 
         def step(p, s, g):
+            if in_place:
+                return adamx.step(tx, g, s, p)
             u, s = tx.update(g, s, p)
             return apply_updates(p, u), s
 
@@ -175,6 +180,11 @@ def implementations(shapes, dtype, with_torch: bool) -> dict[str, Callable[[], N
         "adamx.adam": JaxStep(adamx.adam(1e-3), adamx.apply_updates, params, grads),
         "adamx fused (flat)": JaxStep(
             adamx.adam(1e-3, fused=True), adamx.apply_updates, flat_p, flat_g
+        ),
+        # adamx.step writes the params and moments in one native loop on a
+        # float32 buffer (bfloat16 buffers run the chain, as the row above).
+        "adamx.step (flat)": JaxStep(
+            adamx.adam(1e-3, fused=True), None, flat_p, flat_g, in_place=True
         ),
         # Quantized moments (docs/memory.md): the same step, with the moments
         # decoded and encoded again inside it.

@@ -1,0 +1,278 @@
+"""Tests of adamx/native.py: the in-place step and its native CPU kernel."""
+
+import functools
+import subprocess
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamx
+from adamx import native
+
+needs_kernel = pytest.mark.skipif(
+    not adamx.native_available(), reason="no C++ compiler to build the kernel"
+)
+
+
+def make_flat(sizes=(1000, 300 * 400, 7), seed=0):
+    rng = np.random.default_rng(seed)
+    tree = {
+        f"w{i}": jnp.asarray(rng.normal(size=n), jnp.float32)
+        for i, n in enumerate(sizes)
+    }
+    return adamx.ravel(tree)
+
+
+def grads_at(flat, i):
+    return jax.tree.map(lambda x: jnp.sin(3.0 * x + i) * (1.0 + i % 3), flat)
+
+
+def chain_step(tx):
+    def run(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return adamx.apply_updates(params, updates), state
+
+    return jax.jit(run)
+
+
+def native_step(tx):
+    return jax.jit(lambda p, s, g: adamx.step(tx, g, s, p), donate_argnums=(0, 1))
+
+
+def run_both(tx, flat, steps=12):
+    """Params and state after ``steps`` steps, by adamx.step and by the chain."""
+    by_step, by_chain = native_step(tx), chain_step(tx)
+    a = (jax.tree.map(jnp.copy, flat), tx.init(flat))
+    b = (flat, tx.init(flat))
+    for i in range(steps):
+        grads = grads_at(b[0], i)
+        a = by_step(*a, grads)
+        b = by_chain(*b, grads)
+    return a, b
+
+
+def assert_bitwise_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+OPTIMIZERS = {
+    "adam": lambda: adamx.adam(3e-2, fused=True),
+    "adam, eps_root, b1 array": lambda: adamx.adam(
+        1e-2, b1=jnp.float32(0.8), eps=1e-6, eps_root=1e-8, fused=True
+    ),
+    "adam, schedule": lambda: adamx.adam(
+        adamx.warmup_cosine_decay_schedule(0.0, 5e-2, 4, 20), fused=True
+    ),
+    "adamw": lambda: adamx.adamw(2e-2, weight_decay=0.1, fused=True),
+    "adamw, both schedules": lambda: adamx.adamw(
+        adamx.linear_schedule(5e-2, 1e-3, 10),
+        weight_decay=lambda count: 0.3 / (1.0 + count.astype(jnp.float32)),
+        fused=True,
+    ),
+    "adamw, no decay": lambda: adamx.adamw(1e-2, weight_decay=0.0, fused=True),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_native_step_equals_the_chain_bit_for_bit(name, strict_promotion):
+    a, b = run_both(OPTIMIZERS[name](), make_flat())
+    assert_bitwise_equal(a, b)
+    # The loop really moved the params: not an identity compared to itself.
+    assert not np.allclose(a[0].buffers["float32"], make_flat().buffers["float32"])
+
+
+@needs_kernel
+def test_native_step_matches_optax_adamw():
+    flat = make_flat(sizes=(5000, 64))
+    tree = flat.unravel()
+    tx = adamx.adamw(1e-2, weight_decay=0.05, fused=True)
+    ox = optax.adamw(1e-2, weight_decay=0.05)
+    step = native_step(tx)
+    params, state = jax.tree.map(jnp.copy, flat), tx.init(flat)
+    o_params, o_state = tree, ox.init(tree)
+    for i in range(10):
+        grads = grads_at(o_params, i)
+        params, state = step(params, state, adamx.ravel(grads))
+        updates, o_state = ox.update(grads, o_state, o_params)
+        o_params = optax.apply_updates(o_params, updates)
+    for x, y in zip(
+        jax.tree.leaves(params.unravel()), jax.tree.leaves(o_params), strict=True
+    ):
+        # Optax rounds 1 - b1 and the like differently: float32-level agreement.
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_native_step_runs_the_kernel_in_place():
+    tx = adamx.adam(1e-3, fused=True)
+    flat = make_flat()
+    lowered = native_step(tx).lower(flat, tx.init(flat), flat)
+    hlo = lowered.compile().as_text()
+    assert hlo.count('custom_call_target="adamx_adam_step"') == 1
+    # Params and both moments are written where they were read: no copies of
+    # the buffers, and no element-wise loop of XLA's left over.
+    n = flat.buffers["float32"].size
+    assert f"f32[{n}]{{0}} copy(" not in hlo
+    assert f"f32[{n}]{{0}} fusion(" not in hlo
+
+
+@needs_kernel
+def test_native_step_without_donation_keeps_the_inputs():
+    tx = adamx.adamw(1e-2, weight_decay=0.1, fused=True)
+    flat = make_flat()
+    state = tx.init(flat)
+    before = np.asarray(flat.buffers["float32"]).copy()
+    params, _ = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))(
+        flat, state, grads_at(flat, 0)
+    )
+    np.testing.assert_array_equal(flat.buffers["float32"], before)
+    assert not np.array_equal(params.buffers["float32"], before)
+
+
+@needs_kernel
+def test_native_step_eagerly_and_on_a_buffer_split_between_threads():
+    # 2**20 + 3 elements: several chunks of the kernel's work, and a ragged end.
+    flat = make_flat(sizes=(2**20, 3))
+    tx = adamx.adam(1e-2, fused=True)
+    grads = grads_at(flat, 1)
+    # Op by op, outside jit: the kernel is one of the ops. The reference is the
+    # jitted chain; run op by op, the chain itself rounds differently (XLA fuses
+    # and contracts only within a compiled program).
+    eager = adamx.step(tx, grads, tx.init(flat), flat)
+    assert_bitwise_equal(eager, chain_step(tx)(flat, tx.init(flat), grads))
+
+
+@pytest.mark.parametrize(
+    "make_tx, params",
+    [
+        (lambda: adamx.adam(1e-2), make_flat().unravel()),  # a plain tree
+        (lambda: adamx.adam(1e-2, fused=True), make_flat().unravel()),
+        (lambda: adamx.adam(1e-2, nesterov=True, fused=True), make_flat()),
+        (lambda: adamx.adam(1e-2, state_bits=16, fused=True), make_flat()),
+        (lambda: adamx.nadamw(1e-3, fused=True), make_flat()),
+        (lambda: adamx.inject_hyperparams(adamx.adam)(1e-2, fused=True), make_flat()),
+        (
+            lambda: adamx.adam(1e-2, fused=True),
+            adamx.ravel({"a": jnp.ones(300), "b": jnp.ones(20, jnp.bfloat16)}),
+        ),
+    ],
+    ids=[
+        "tree",
+        "fused on a tree",
+        "nesterov",
+        "bf16 state",
+        "lion",
+        "injected",
+        "bf16",
+    ],
+)
+def test_step_is_update_then_apply_where_the_kernel_does_not_apply(make_tx, params):
+    tx = make_tx()
+    by_step, by_chain = native_step(tx), chain_step(tx)
+    a = (jax.tree.map(jnp.copy, params), tx.init(params))
+    b = (params, tx.init(params))
+    for i in range(3):
+        grads = grads_at(b[0], i)
+        a = by_step(*a, grads)
+        b = by_chain(*b, grads)
+    assert_bitwise_equal(a, b)
+    hlo = native_step(tx).lower(params, tx.init(params), params).as_text()
+    assert "adamx_adam_step" not in hlo
+
+
+def test_step_works_with_optax_transformations():
+    tx = optax.adam(1e-2)
+    params = make_flat().unravel()
+    new, _ = adamx.step(tx, params, tx.init(params), params)
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert_bitwise_equal(new, optax.apply_updates(params, updates))
+
+
+def test_step_reports_mismatched_gradients():
+    tx = adamx.adam(1e-2, fused=True)
+    flat = make_flat()
+    other = make_flat(sizes=(5, 6))
+    with pytest.raises(ValueError, match="state.mu"):
+        adamx.step(tx, other, tx.init(flat), flat)
+
+
+def test_a_failed_build_names_the_compiler_and_its_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAMX_CACHE_DIR", str(tmp_path))
+    bad = tmp_path / "broken-c++"
+    bad.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = --version ] && { echo "broken-c++ 1.0"; exit 0; }\n'
+        "echo 'cc1plus: fatal error: out of luck' >&2\n"
+        "exit 1\n"
+    )
+    bad.chmod(0o755)
+    with pytest.raises(RuntimeError, match="out of luck"):
+        native._build(str(bad))
+    assert list(tmp_path.glob("*.so")) == []
+
+
+@needs_kernel
+def test_builds_are_cached_per_source_and_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAMX_CACHE_DIR", str(tmp_path))
+    compiler = native.shutil.which("g++")
+    first = native._build(compiler)
+    assert first.parent == tmp_path and first.exists()
+    mtime = first.stat().st_mtime_ns
+    assert native._build(compiler) == first
+    assert first.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    # The library exports the handler XLA calls.
+    symbols = subprocess.run(
+        ["nm", "-D", str(first)], capture_output=True, text=True
+    ).stdout
+    assert "AdamxAdamStep" in symbols
+
+
+def test_without_a_compiler_the_reason_says_so(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    assert native._load.__wrapped__() == "no C++ compiler: set $CXX or install g++"
+
+
+def test_without_a_kernel_step_warns_once_and_still_steps(monkeypatch):
+    monkeypatch.setattr(native, "_load", lambda: "no C++ compiler: test")
+    native._warn_once.cache_clear()
+    tx = adamx.adam(1e-2, fused=True)
+    flat = make_flat()
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler: test"):
+        params, state = adamx.step(tx, flat, tx.init(flat), flat)
+    updates, ref_state = tx.update(flat, tx.init(flat), flat)
+    assert_bitwise_equal(
+        (params, state), (adamx.apply_updates(flat, updates), ref_state)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adamx.step(tx, flat, state, params)
+    native._warn_once.cache_clear()
+
+
+@needs_kernel
+def test_native_step_under_shard_map_on_replicated_params():
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:4]), ("d",))
+    tx = adamx.adam(1e-2, fused=True)
+    flat = make_flat()
+
+    @functools.partial(
+        jax.shard_map, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False
+    )
+    def step(params, state, grads):
+        return adamx.step(tx, grads, state, params)
+
+    a = jax.jit(step)(flat, tx.init(flat), grads_at(flat, 0))
+    b = chain_step(tx)(flat, tx.init(flat), grads_at(flat, 0))
+    assert_bitwise_equal(a, b)
