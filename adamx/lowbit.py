@@ -167,6 +167,11 @@ def _map_for(bits: int, signed: bool) -> str:
     return "dynamic_unsigned" if bits == 8 else "linear_nonzero"
 
 
+def map_8bit(signed: bool) -> _CodeMap:
+    """The 8-bit code map of a moment of this sign, with its encoder's constants."""
+    return _MAPS[(_map_for(8, signed), 8)]
+
+
 def code_map(name: str, bits: int) -> np.ndarray:
     """The value of each code of a code map, indexed by code.
 
@@ -260,7 +265,7 @@ def _decode(codes: jax.Array, cmap: _CodeMap, use: int = 0, uses: int = 1) -> ja
         # Codes split over explicit mesh axes: the lookup must say where its
         # result lives, as the codes do.
         return table.at[index].get(
-            mode="promise_in_bounds", out_sharding=_explicit_sharding(index)
+            mode="promise_in_bounds", out_sharding=explicit_sharding(index)
         )
     values = [jnp.float32(v) for v in cmap.values]
     for bit in range(cmap.bits):
@@ -814,7 +819,7 @@ def update_moments(
         ]
         return (u, *new)
 
-    explicit = _explicit_sharding(g)
+    explicit = explicit_sharding(g)
     if explicit is not None:
         return _update_explicit(body, compute_dtype, g, moments, explicit)
     # The gradient as a flat vector behind a barrier: XLA would otherwise read
@@ -887,7 +892,7 @@ def _update_blocks(
     return (run(1 + len(moments))[0], *new)
 
 
-def _explicit_sharding(x: Any) -> Any:
+def explicit_sharding(x: Any) -> Any:
     """The sharding of ``x`` if it is split over explicit mesh axes, else None.
 
     With explicit axes (the default of ``jax.make_mesh``) a sharding is part of

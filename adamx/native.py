@@ -2,25 +2,23 @@ r"""An optimizer step that writes the params in place: one pass per buffer on CP
 
 Optax's protocol returns updates that ``apply_updates`` then adds to the params,
 so an Adam step writes the update out and reads it back; XLA's CPU backend also
-writes each new moment in a loop of its own. On a float32
-:class:`~adamx.FlatParams` that is 40 bytes per parameter where the step's own
-traffic is 28 (read g, p, m, v; write p, m, v). :func:`step` takes the params
-and returns the new ones, so for ``adam(..., fused=True)`` and
-``adamw(..., fused=True)`` it runs a native kernel that reads and writes each
-buffer once, in place when the params and state are donated::
+writes each new moment in a loop of its own: 40 bytes per float32 parameter
+where the step's own traffic is 28 (read g, p, m, v; write p, m, v). With
+8-bit state XLA makes four passes, each decoding the moments again.
+:func:`step` takes the params and returns the new ones, so for ``adam`` and
+``adamw`` it runs a native kernel that reads and writes each buffer or leaf
+once, in place when the params and state are donated::
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(flat, opt_state, batch):
-        grads = jax.grad(loss_fn)(flat, batch)
-        return adamx.step(tx, grads, opt_state, flat)
+    def train_step(params, opt_state, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        return adamx.step(tx, grads, opt_state, params)
 
-The kernel (``native_adam.cc``, beside this module) is compiled with the
+The kernels (``native_adam.cc``, beside this module) are compiled with the
 system's C++ compiler (``$CXX``, else ``g++``) on first use and cached in
-``$ADAMX_CACHE_DIR`` (default ``~/.cache/adamx``), per source, compiler, jaxlib
-and CPU. Its arithmetic is the chain's, operation for operation, so the results
-are the same bit for bit. Any other case (other optimizers, plain trees,
-non-float32 buffers, other platforms, no compiler) runs ``tx.update`` and
-``apply_updates``: the same numbers, XLA's speed.
+``$ADAMX_CACHE_DIR`` (default ``~/.cache/adamx``), per source, compiler,
+jaxlib and CPU. Any other case (other optimizers, non-float32 leaves, other
+platforms, no compiler) runs ``tx.update`` and ``apply_updates``.
 """
 
 from __future__ import annotations
@@ -41,7 +39,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 
+from adamx import lowbit
 from adamx.base import (
     GradientTransformation,
     OptState,
@@ -50,20 +50,23 @@ from adamx.base import (
     Updates,
     apply_updates,
 )
-from adamx.fused import FlatParams
 
 __all__ = ["native_available", "step"]
 
 _SOURCE = Path(__file__).with_name("native_adam.cc")
-_TARGET = "adamx_adam_step"
+_TARGET_32 = "adamx_adam_step"
+_TARGET_8 = "adamx_adam_8bit_step"
+_BLOCK = 256  # the 8-bit kernel's block size
 # Contraction into fused multiply-adds as XLA's CPU backend contracts, so that the
-# results are the chain's bit for bit; -fno-math-errno lets sqrt vectorize and
-# changes no result.
+# results are the chain's bit for bit. -fno-math-errno (sqrt) and
+# -fno-trapping-math (selects over float comparisons) let loops vectorize and
+# change no result.
 _FLAGS = (
     "-O3",
     "-march=native",
     "-ffp-contract=fast",
     "-fno-math-errno",
+    "-fno-trapping-math",
     "-fopenmp-simd",
     "-std=c++17",
     "-shared",
@@ -163,9 +166,11 @@ def _load() -> str | None:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
     except (OSError, RuntimeError) as error:
         return f"building {_SOURCE.name} with {compiler} failed: {error}"
-    jax.ffi.register_ffi_target(
-        _TARGET, jax.ffi.pycapsule(library.AdamxAdamStep), platform="cpu"
-    )
+    for target, handler in [
+        (_TARGET_32, library.AdamxAdamStep),
+        (_TARGET_8, library.AdamxAdam8bitStep),
+    ]:
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return None
 
 
@@ -200,14 +205,6 @@ def _warn_once(reason: str) -> None:
     )
 
 
-def _float32_buffers(*trees: Any) -> bool:
-    return all(
-        isinstance(t, FlatParams)
-        and all(jnp.dtype(b.dtype) == jnp.float32 for b in t.buffers.values())
-        for t in trees
-    )
-
-
 def step(
     tx: GradientTransformation,
     grads: Updates,
@@ -219,15 +216,23 @@ def step(
     .. math:: (u_t, S_t) = \mathrm{update}(g_t, S_{t-1}, \theta_{t-1}), \qquad
         \theta_t = \theta_{t-1} + u_t
 
-    The numbers are those of ``tx.update`` followed by
-    :func:`~adamx.apply_updates`, bit for bit. For ``adam(..., fused=True)`` or
-    ``adamw(..., fused=True)`` (any learning rate or schedule, float weight
-    decay or schedule, no mask, ``nesterov=False``, float32 state) on a
-    float32 :class:`~adamx.FlatParams` on CPU, one native loop per buffer
-    updates the params and both moments together, in place when the jitted
-    step donates them. Other cases, and wrappers around those optimizers such
-    as :func:`~adamx.inject_hyperparams`, run ``tx.update`` and
-    ``apply_updates``.
+    For ``adam`` and ``adamw`` (any learning rate or schedule, float weight
+    decay or schedule, no mask, ``nesterov=False``, default moment dtypes,
+    ``state_bits`` 32 or 8), on CPU, a native loop updates the params and
+    both moments together, in place when the jitted step donates them: one
+    per buffer of a :class:`~adamx.FlatParams` (``fused=True``), one per leaf
+    of a tree. With 8-bit state it decodes, updates and encodes each block of
+    256 in one pass. Leaves that are not float32, and every other case
+    (other optimizers, wrappers around these such as
+    :func:`~adamx.inject_hyperparams`, other platforms), run ``tx.update`` and
+    :func:`~adamx.apply_updates`.
+
+    The loops compute the chain's formula in float32 in the order XLA's CPU
+    compiler evaluates it on a flat buffer, where the results are the jitted
+    chain's bit for bit. Elsewhere XLA may rearrange a division (a quotient
+    of quotients as one quotient of a product), and the results then differ
+    from the chain's in the last bit of some params; with 8-bit state, a
+    moment at a midpoint between two codes may then take the other code.
 
     Args:
         tx: the optimizer.
@@ -249,39 +254,116 @@ def step(
         [ 0.9 -2.1]
     """
     spec = _SPECS.get(tx.update)
-    if spec is None or not _float32_buffers(grads, params) or not native_available():
+    if spec is None or not native_available():
         updates, opt_state = tx.update(grads, opt_state, params)
         return apply_updates(params, updates), opt_state
-    # The chain's own update gives the new counts and learning rate. Its
-    # element-wise results are returned only on platforms without the kernel;
-    # on CPU nothing reads them and XLA drops them as dead code.
+    # The chain's own update gives the new counts and learning rate, and the
+    # results for leaves the kernels do not take. The rest of its results are
+    # returned only on platforms without the kernels; on CPU nothing reads
+    # them and XLA drops them as dead code.
     updates, new_state = tx.update(grads, opt_state, params)
     chain_params = apply_updates(params, updates)
     adam_state, lr_state = new_state[0], new_state[-1]
     scalars, decay = _scalars(spec, adam_state.count, lr_state, opt_state)
-    buffers, mu, nu = {}, {}, {}
-    for name in params.buffers:
-        out = (
-            chain_params.buffers[name],
-            adam_state.mu.buffers[name],
-            adam_state.nu.buffers[name],
-        )
-        operands = (
-            grads.buffers[name],
-            params.buffers[name],
-            opt_state[0].mu.buffers[name],
-            opt_state[0].nu.buffers[name],
-            scalars,
-        )
-        buffers[name], mu[name], nu[name] = jax.lax.platform_dependent(
-            out,
-            operands,
-            cpu=functools.partial(_native_step, decay=decay),
-            default=lambda out, operands: out,
-        )
-    layout = params.layout
-    new_adam = adam_state._replace(mu=FlatParams(mu, layout), nu=FlatParams(nu, layout))
-    return FlatParams(buffers, layout), (new_adam, *new_state[1:])
+    p_leaves, p_def = jax.tree.flatten(params)
+    m_leaves, m_def = jax.tree.flatten(opt_state[0].mu, is_leaf=lowbit.is_quantized)
+    v_leaves = jax.tree.flatten(opt_state[0].nu, is_leaf=lowbit.is_quantized)[0]
+    chain_out = (
+        jax.tree.leaves(chain_params),
+        jax.tree.flatten(adam_state.mu, is_leaf=lowbit.is_quantized)[0],
+        jax.tree.flatten(adam_state.nu, is_leaf=lowbit.is_quantized)[0],
+    )
+    operands = (jax.tree.leaves(grads), p_leaves, m_leaves, v_leaves, scalars)
+    new_p, new_m, new_v = jax.lax.platform_dependent(
+        chain_out,
+        operands,
+        cpu=functools.partial(_native_leaves, decay=decay),
+        default=lambda chain_out, operands: chain_out,
+    )
+    new_adam = adam_state._replace(
+        mu=jax.tree.unflatten(m_def, new_m), nu=jax.tree.unflatten(m_def, new_v)
+    )
+    return jax.tree.unflatten(p_def, new_p), (new_adam, *new_state[1:])
+
+
+def _native_leaves(chain_out: tuple, operands: tuple, *, decay: bool) -> tuple:
+    """Each leaf's new params and moments: by a kernel where one takes the leaf."""
+    out = [list(x) for x in chain_out]
+    grads, params, mus, nus, scalars = operands
+    for i, (g, p, m, v) in enumerate(zip(grads, params, mus, nus, strict=True)):
+        if not (g.dtype == p.dtype == jnp.float32):
+            continue
+        new: tuple[Any, Any, Any]
+        if _is_8bit(m) and _is_8bit(v) and lowbit.explicit_sharding(g) is None:
+            new = _adam_8bit(g, p, m, v, scalars, decay)
+        elif not lowbit.is_quantized(m) and m.dtype == v.dtype == jnp.float32:
+            new = _adam_32bit(g, p, m, v, scalars, decay)
+        else:
+            continue
+        out[0][i], out[1][i], out[2][i] = new
+    return tuple(out)
+
+
+def _is_8bit(m: Any) -> bool:
+    return lowbit.is_quantized(m) and (m.bits, m.block_size) == (8, _BLOCK)
+
+
+def _adam_32bit(
+    g: jax.Array,
+    p: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    scalars: jax.Array,
+    decay: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    flat = jax.ShapeDtypeStruct((p.size,), p.dtype)
+    new = jax.ffi.ffi_call(
+        _TARGET_32, (flat, flat, flat), input_output_aliases={1: 0, 2: 1, 3: 2}
+    )(*(x.reshape(-1) for x in (g, p, m, v)), scalars, decay=decay)
+    new_p, new_m, new_v = (x.reshape(p.shape) for x in new)
+    return new_p, new_m, new_v
+
+
+def _adam_8bit(
+    g: jax.Array,
+    p: jax.Array,
+    m: lowbit.QuantizedArray,
+    v: lowbit.QuantizedArray,
+    scalars: jax.Array,
+    decay: bool,
+) -> tuple[jax.Array, lowbit.QuantizedArray, lowbit.QuantizedArray]:
+    values, encoders = _maps_8bit()
+    like = (p.reshape(-1), m.codes, m.absmax, v.codes, v.absmax)
+    results = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in like)
+    new_p, m_codes, m_absmax, v_codes, v_absmax = jax.ffi.ffi_call(
+        _TARGET_8,
+        results,
+        input_output_aliases={1: 0, 2: 1, 3: 2, 4: 3, 5: 4},
+    )(g.reshape(-1), *like, scalars, values, encoders, decay=decay)
+    return (
+        new_p.reshape(p.shape),
+        lowbit.QuantizedArray(m_codes, m_absmax, m.format),
+        lowbit.QuantizedArray(v_codes, v_absmax, v.format),
+    )
+
+
+@functools.cache
+def _maps_8bit() -> tuple[np.ndarray, np.ndarray]:
+    """The 8-bit maps' values (2, 256) and encoders' constants, for the kernel."""
+    maps = [lowbit.map_8bit(signed) for signed in (True, False)]
+    values = np.stack([cmap.values for cmap in maps])
+    encoders = np.stack(
+        [
+            np.concatenate(
+                [
+                    cmap.thresholds,
+                    [cmap.zero_cut, cmap.one_cut, 10.0 ** (cmap.width - 1) / 0.9],
+                ]
+            ).astype(np.float32)
+            for cmap in maps
+        ]
+    )
+    return values, encoders
 
 
 def _scalars(
@@ -316,16 +398,3 @@ def _scalars(
         ]
     )
     return scalars, decay
-
-
-def _native_step(out: Any, operands: tuple, *, decay: bool) -> tuple:
-    del out
-    g, p, m, v, scalars = operands
-    shape = jax.ShapeDtypeStruct(p.shape, p.dtype)
-    return tuple(
-        jax.ffi.ffi_call(
-            _TARGET,
-            (shape, shape, shape),
-            input_output_aliases={1: 0, 2: 1, 3: 2},
-        )(g, p, m, v, scalars, decay=decay)
-    )

@@ -1,11 +1,18 @@
-// The in-place Adam step of adamx.step, as an XLA FFI handler for the CPU.
+// The in-place Adam steps of adamx.step, as XLA FFI handlers for the CPU.
 //
-// One pass over a float32 buffer reads g, p, m, v and writes p, m, v: 28 bytes
-// per parameter, where XLA's CPU backend writes each output in a loop of its own
-// and the update in between (40 bytes). The arithmetic is adamx's chain, operation
-// for operation as XLA's CPU compiler emits it, so the results are the chain's
-// bit for bit: the scalars arrive computed by JAX, a scalar divisor is a product
-// with its reciprocal, and a * b + c contracts into a fused multiply-add.
+// AdamxAdamStep: one pass over a float32 buffer reads g, p, m, v and writes p,
+// m, v: 28 bytes per parameter, where XLA's CPU backend writes each output in a
+// loop of its own and the update in between (40 bytes).
+//
+// AdamxAdam8bitStep: the same step with block-wise 8-bit moments (adamx.lowbit):
+// per block of 256, decode the old codes, update the moments in float32, take
+// their block maxima, update the params, encode the moments again. One pass
+// where XLA makes four (maxima, two encodings, update), each decoding anew.
+//
+// The arithmetic is adamx's chain, operation for operation as XLA's CPU
+// compiler emits it, so the results are the jitted chain's bit for bit: the
+// scalars arrive computed by JAX, a scalar divisor is a product with its
+// reciprocal, and a * b + c contracts into a fused multiply-add.
 //
 // Built by adamx/native.py with g++ on first use.
 
@@ -14,6 +21,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -30,56 +38,32 @@ enum Scalar {
   kOmb1, kB1, kOmb2, kB2, kInvBc1, kInvBc2, kEps, kEpsRoot, kDecay, kStep, kScalars
 };
 
-struct Pass {
-  const float* g;
-  float* p;
-  float* m;
-  float* v;
-  float s[kScalars];
-  bool decay;
+struct Hyper {
+  float omb1, b1, omb2, b2, inv_bc1, inv_bc2, eps, eps_root, decay, step;
+  bool decayed;
 };
 
-void RunRange(const Pass& a, int64_t lo, int64_t hi) {
-  const float omb1 = a.s[kOmb1], b1 = a.s[kB1], omb2 = a.s[kOmb2], b2 = a.s[kB2];
-  const float inv_bc1 = a.s[kInvBc1], inv_bc2 = a.s[kInvBc2], eps = a.s[kEps];
-  const float eps_root = a.s[kEpsRoot], decay = a.s[kDecay], step = a.s[kStep];
-  const float* __restrict g = a.g;
-  float* __restrict p = a.p;
-  float* __restrict m = a.m;
-  float* __restrict v = a.v;
-  if (a.decay) {
-#pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) {
-      const float gi = g[i], pi = p[i];
-      const float mi = omb1 * gi + b1 * m[i];
-      const float vi = omb2 * (gi * gi) + b2 * v[i];
-      m[i] = mi;
-      v[i] = vi;
-      const float u = (mi * inv_bc1) / (std::sqrt(vi * inv_bc2 + eps_root) + eps);
-      p[i] = pi + step * (u + decay * pi);
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) {
-      const float gi = g[i];
-      const float mi = omb1 * gi + b1 * m[i];
-      const float vi = omb2 * (gi * gi) + b2 * v[i];
-      m[i] = mi;
-      v[i] = vi;
-      const float u = (mi * inv_bc1) / (std::sqrt(vi * inv_bc2 + eps_root) + eps);
-      p[i] = p[i] + step * u;
-    }
-  }
+Hyper ReadHyper(const float* s, bool decayed) {
+  return Hyper{s[kOmb1], s[kB1],  s[kOmb2],    s[kB2],   s[kInvBc1], s[kInvBc2],
+               s[kEps],  s[kEpsRoot], s[kDecay], s[kStep], decayed};
 }
 
-// Chunks are claimed from a shared counter by the calling thread and by tasks on
-// XLA's intra-op pool alike, so the step finishes even if no pool thread ever
-// runs: the caller then does every chunk itself. A task that starts after the
-// last chunk is claimed finds nothing to do, and the shared_ptr keeps the state
-// it reads alive after the handler has returned.
+// The new params from the new moments, as the chain computes them: Adam's
+// direction, plus the decay term for AdamW, times -lr, added to the params.
+inline float NewParam(const Hyper& h, float p, float m, float v) {
+  const float u = (m * h.inv_bc1) / (std::sqrt(v * h.inv_bc2 + h.eps_root) + h.eps);
+  return h.decayed ? p + h.step * (u + h.decay * p) : p + h.step * u;
+}
+
+// Runs fn(lo, hi) over [0, items) in chunks, claimed from a shared counter by
+// the calling thread and by tasks on XLA's intra-op pool alike, so the work
+// finishes even if no pool thread ever runs: the caller then does every chunk
+// itself. A task that starts after the last chunk is claimed finds nothing to
+// do, and the shared_ptr keeps the state it reads alive after the handler has
+// returned.
 struct Work {
-  Pass pass;
-  int64_t n = 0;
+  std::function<void(int64_t, int64_t)> fn;
+  int64_t items = 0;
   int64_t chunk = 0;
   int64_t chunks = 0;
   std::atomic<int64_t> next{0};
@@ -89,7 +73,7 @@ struct Work {
 
   void Drain() {
     for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
-      RunRange(pass, c * chunk, std::min(n, (c + 1) * chunk));
+      fn(c * chunk, std::min(items, (c + 1) * chunk));
       if (done.fetch_add(1) + 1 == chunks) {
         std::lock_guard<std::mutex> lock(mutex);
         finished.notify_all();
@@ -98,17 +82,55 @@ struct Work {
   }
 };
 
+// min_chunk: fewer items than this are not worth handing to another thread;
+// align: chunks are whole multiples of it (64-byte lines, so no two threads
+// write one cache line).
+void ParallelFor(ffi::ThreadPool& pool, int64_t items, int64_t min_chunk,
+                 int64_t align, std::function<void(int64_t, int64_t)> fn) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  // A few chunks per thread even out threads that start late.
+  const int64_t wanted = std::min<int64_t>(threads * 4, items / min_chunk);
+  if (wanted <= 1) {
+    fn(0, items);
+    return;
+  }
+  auto work = std::make_shared<Work>();
+  work->fn = std::move(fn);
+  work->items = items;
+  work->chunk = ((items + wanted - 1) / wanted + align - 1) / align * align;
+  work->chunks = (items + work->chunk - 1) / work->chunk;
+  for (int64_t t = 1; t < std::min(threads, work->chunks); ++t) {
+    pool.Schedule([work] { work->Drain(); });
+  }
+  work->Drain();
+  std::unique_lock<std::mutex> lock(work->mutex);
+  work->finished.wait(lock, [&] { return work->done.load() == work->chunks; });
+}
+
+// ---------------------------------------------------------------- float32
+
+void AdamRange(const Hyper& h, const float* __restrict g, float* __restrict p,
+               float* __restrict m, float* __restrict v, int64_t lo, int64_t hi) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = h.omb1 * gi + h.b1 * m[i];
+    const float vi = h.omb2 * (gi * gi) + h.b2 * v[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = NewParam(h, p[i], mi, vi);
+  }
+}
+
 // A rank-1 buffer; named, because a comma in a template's arguments would split
 // the handler macro's arguments.
-using ScalarsBuffer = ffi::Buffer<ffi::F32, 1>;
+using Vector = ffi::Buffer<ffi::F32, 1>;
 
-// Below this many elements a step is not worth handing to other threads.
-constexpr int64_t kMinChunk = 1 << 16;
+bool Aliased(const void* a, const void* b) { return a == b; }
 
 ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                         ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> m,
-                        ffi::Buffer<ffi::F32> v,
-                        ScalarsBuffer scalars,
+                        ffi::Buffer<ffi::F32> v, Vector scalars,
                         ffi::ResultBuffer<ffi::F32> p_out,
                         ffi::ResultBuffer<ffi::F32> m_out,
                         ffi::ResultBuffer<ffi::F32> v_out, bool decay) {
@@ -120,31 +142,198 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
     return ffi::Error::InvalidArgument("adamx adam step: wrong number of scalars");
   }
   // native.py aliases each result with its operand, so the step is in place.
-  if (p_out->typed_data() != p.typed_data() || m_out->typed_data() != m.typed_data() ||
-      v_out->typed_data() != v.typed_data()) {
+  if (!Aliased(p_out->typed_data(), p.typed_data()) ||
+      !Aliased(m_out->typed_data(), m.typed_data()) ||
+      !Aliased(v_out->typed_data(), v.typed_data())) {
     return ffi::Error::Internal("adamx adam step: results are not aliased");
   }
-  auto work = std::make_shared<Work>();
-  work->pass = Pass{g.typed_data(), p_out->typed_data(), m_out->typed_data(),
-                    v_out->typed_data(), {}, decay};
-  std::copy(scalars.typed_data(), scalars.typed_data() + kScalars, work->pass.s);
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  // A few chunks per thread even out threads that start late.
-  const int64_t wanted = std::min<int64_t>(threads * 4, n / kMinChunk);
-  if (wanted <= 1) {
-    RunRange(work->pass, 0, n);
-    return ffi::Error::Success();
+  const Hyper h = ReadHyper(scalars.typed_data(), decay);
+  const float* G = g.typed_data();
+  float* P = p_out->typed_data();
+  float* M = m_out->typed_data();
+  float* V = v_out->typed_data();
+  ParallelFor(pool, n, 1 << 14, 16, [=](int64_t lo, int64_t hi) {
+    AdamRange(h, G, P, M, V, lo, hi);
+  });
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------- 8 bits
+
+constexpr int kBlock = 256;      // elements per block (lowbit.BLOCK_SIZES[8])
+constexpr int kDecades = 7;      // exponent bits of the dynamic maps
+constexpr int kSignedWidth = 7;  // bits below the sign bit: m's signed map
+constexpr int kUnsignedWidth = 8;
+
+// One map's encoder constants, in the order native.py writes them.
+struct Encoder {
+  float thresholds[kDecades - 1];  // midpoints between the decades
+  float zero_cut;                  // below it (or equal), code 0
+  float one_cut;                   // above it, the code of 1.0
+  float scale;                     // float32(10^(width - 1) / 0.9)
+};
+constexpr int kEncoderFloats = sizeof(Encoder) / sizeof(float);
+
+// lowbit._encode for a dynamic map of `width` bits below the sign, for a value
+// a in [-1, 1]: the decade by thresholds, then the bin within it.
+template <int width, bool is_signed>
+inline int32_t Encode(const Encoder& e, float a) {
+  const float mag = std::fabs(a);
+  int32_t fraction_bits = width - 1 - (kDecades - 1);
+  for (int d = 0; d < kDecades - 1; ++d) fraction_bits += mag > e.thresholds[d];
+  const int32_t first = 1 << fraction_bits;
+  // 5^-F from F's bits, in lowbit._inverse_powers_of_five's order.
+  // The constants are Python's doubles rounded to float32, as jnp.float32 rounds.
+  float power = 1.0f;
+  power = power * ((fraction_bits & 1) ? static_cast<float>(0.2) : 1.0f);
+  power = power * ((fraction_bits & 2) ? static_cast<float>(0.04) : 1.0f);
+  power = power * ((fraction_bits & 4) ? static_cast<float>(0.0016) : 1.0f);
+  const float inverse = e.scale * power;
+  const float ninth = static_cast<float>(1.0 / 9.0);
+  const float f = std::floor(mag * inverse - static_cast<float>(first) * ninth);
+  // lowbit clips the float's conversion to int32 (which saturates, NaN to 0)
+  // to [0, first - 1]; clipping the float first gives the same, and converts
+  // only values that fit.
+  const float clipped = std::min(f > 0.0f ? f : 0.0f, static_cast<float>(first - 1));
+  int32_t code = first + static_cast<int32_t>(clipped);
+  // Selects, not branches, so that the loop vectorizes.
+  code = mag > e.zero_cut ? code : 0;
+  if (is_signed) {
+    code = a < 0.0f && code != 0 ? code | (1 << width) : code;
+    code = a > e.one_cut ? 1 << width : code;
+  } else {
+    code = mag > e.one_cut ? 1 : code;
   }
-  // Chunks of whole 64-byte lines, so no two threads write one cache line.
-  work->n = n;
-  work->chunk = ((n + wanted - 1) / wanted + 15) / 16 * 16;
-  work->chunks = (n + work->chunk - 1) / work->chunk;
-  for (int64_t t = 1; t < std::min(threads, work->chunks); ++t) {
-    pool.Schedule([work] { work->Drain(); });
+  return code;
+}
+
+struct Quantized8 {
+  const float* g;
+  float* p;
+  uint8_t* m_codes;
+  float* m_absmax;
+  uint8_t* v_codes;
+  float* v_absmax;
+  const float* m_values;  // 256 floats: the value of each code
+  const float* v_values;
+  Encoder m_map, v_map;
+  int64_t n;  // elements of the leaf; the last block may be partly padding
+};
+
+void Adam8bitBlocks(const Hyper& h, const Quantized8& q, int64_t first_block,
+                    int64_t end_block) {
+  alignas(64) float m_new[kBlock];
+  alignas(64) float v_new[kBlock];
+  alignas(64) float g_tail[kBlock];
+  // Local copies: loads through the struct would keep the loops scalar.
+  const Encoder m_map = q.m_map, v_map = q.v_map;
+  for (int64_t b = first_block; b < end_block; ++b) {
+    const int64_t lo = b * kBlock;
+    const int64_t valid = std::min<int64_t>(kBlock, q.n - lo);
+    uint8_t* __restrict mc = q.m_codes + lo;
+    uint8_t* __restrict vc = q.v_codes + lo;
+    const float m_scale = q.m_absmax[b], v_scale = q.v_absmax[b];
+    // The padding past the leaf's end takes a zero gradient, as XLA's padded
+    // blocks do; it counts towards the maxima.
+    const float* __restrict g = q.g + lo;
+    if (valid < kBlock) {
+      std::fill(std::copy(g, g + valid, g_tail), g_tail + kBlock, 0.0f);
+      g = g_tail;
+    }
+    // A NaN maximum stays NaN, as XLA's max propagates it.
+    float m_max = 0.0f, v_max = 0.0f;
+    int nan = 0;  // an int: a bool's reduction keeps the loop scalar
+#pragma omp simd reduction(max : m_max, v_max) reduction(+ : nan)
+    for (int j = 0; j < kBlock; ++j) {
+      const float gi = g[j];
+      const float mo = q.m_values[mc[j]] * m_scale;
+      const float vo = q.v_values[vc[j]] * v_scale;
+      const float mi = h.omb1 * gi + h.b1 * mo;
+      const float vi = h.omb2 * (gi * gi) + h.b2 * vo;
+      m_new[j] = mi;
+      v_new[j] = vi;
+      m_max = std::max(m_max, std::fabs(mi));
+      v_max = std::max(v_max, std::fabs(vi));
+      nan += (mi != mi) | (vi != vi);
+    }
+    if (nan > 0) {
+      // Which of the two maxima is NaN, as XLA's would be.
+      for (int j = 0; j < kBlock; ++j) {
+        if (m_new[j] != m_new[j]) m_max = m_new[j];
+        if (v_new[j] != v_new[j]) v_max = v_new[j];
+      }
+    }
+    float* __restrict p = q.p + lo;
+#pragma omp simd
+    for (int j = 0; j < valid; ++j) p[j] = NewParam(h, p[j], m_new[j], v_new[j]);
+    q.m_absmax[b] = m_max;
+    q.v_absmax[b] = v_max;
+    const float m_inverse = m_max > 0.0f ? 1.0f / m_max : 0.0f;
+    const float v_inverse = v_max > 0.0f ? 1.0f / v_max : 0.0f;
+    // Encoded as int32 first, then narrowed: one vector width for the loop.
+    alignas(64) int32_t m_code[kBlock];
+    alignas(64) int32_t v_code[kBlock];
+#pragma omp simd
+    for (int j = 0; j < kBlock; ++j) {
+      m_code[j] = Encode<kSignedWidth, true>(m_map, m_new[j] * m_inverse);
+      v_code[j] = Encode<kUnsignedWidth, false>(v_map, v_new[j] * v_inverse);
+    }
+    for (int j = 0; j < kBlock; ++j) {
+      mc[j] = static_cast<uint8_t>(m_code[j]);
+      vc[j] = static_cast<uint8_t>(v_code[j]);
+    }
   }
-  work->Drain();
-  std::unique_lock<std::mutex> lock(work->mutex);
-  work->finished.wait(lock, [&] { return work->done.load() == work->chunks; });
+}
+
+using U8 = ffi::Buffer<ffi::U8>;
+using U8Result = ffi::ResultBuffer<ffi::U8>;
+using Table = ffi::Buffer<ffi::F32, 2>;
+
+ffi::Error Adam8bitStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                            ffi::Buffer<ffi::F32> p, U8 m_codes, Vector m_absmax,
+                            U8 v_codes, Vector v_absmax, Vector scalars, Table values,
+                            Table encoders, ffi::ResultBuffer<ffi::F32> p_out,
+                            U8Result m_codes_out, ffi::ResultBuffer<ffi::F32> m_absmax_out,
+                            U8Result v_codes_out, ffi::ResultBuffer<ffi::F32> v_absmax_out,
+                            bool decay) {
+  const int64_t n = g.element_count();
+  const int64_t blocks = m_absmax.element_count();
+  if (p.element_count() != n || blocks != (n + kBlock - 1) / kBlock ||
+      v_absmax.element_count() != blocks || m_codes.element_count() != blocks * kBlock ||
+      v_codes.element_count() != blocks * kBlock) {
+    return ffi::Error::InvalidArgument("adamx 8-bit adam step: sizes do not match");
+  }
+  if (scalars.element_count() != kScalars || values.element_count() != 2 * 256 ||
+      encoders.element_count() != 2 * kEncoderFloats) {
+    return ffi::Error::InvalidArgument("adamx 8-bit adam step: wrong constants");
+  }
+  if (!Aliased(p_out->typed_data(), p.typed_data()) ||
+      !Aliased(m_codes_out->typed_data(), m_codes.typed_data()) ||
+      !Aliased(m_absmax_out->typed_data(), m_absmax.typed_data()) ||
+      !Aliased(v_codes_out->typed_data(), v_codes.typed_data()) ||
+      !Aliased(v_absmax_out->typed_data(), v_absmax.typed_data())) {
+    return ffi::Error::Internal("adamx 8-bit adam step: results are not aliased");
+  }
+  const Hyper h = ReadHyper(scalars.typed_data(), decay);
+  Quantized8 q{g.typed_data(),
+               p_out->typed_data(),
+               m_codes_out->typed_data(),
+               m_absmax_out->typed_data(),
+               v_codes_out->typed_data(),
+               v_absmax_out->typed_data(),
+               values.typed_data(),
+               values.typed_data() + 256,
+               {},
+               {},
+               n};
+  std::copy(encoders.typed_data(), encoders.typed_data() + kEncoderFloats,
+            reinterpret_cast<float*>(&q.m_map));
+  std::copy(encoders.typed_data() + kEncoderFloats,
+            encoders.typed_data() + 2 * kEncoderFloats,
+            reinterpret_cast<float*>(&q.v_map));
+  ParallelFor(pool, blocks, 64, 1, [=](int64_t lo, int64_t hi) {
+    Adam8bitBlocks(h, q, lo, hi);
+  });
   return ffi::Error::Success();
 }
 
@@ -153,12 +342,31 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdamStep, AdamStepImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()     // g
-                                  .Arg<ffi::Buffer<ffi::F32>>()     // p
-                                  .Arg<ffi::Buffer<ffi::F32>>()     // m
-                                  .Arg<ffi::Buffer<ffi::F32>>()     // v
-                                  .Arg<ScalarsBuffer>()            // scalars
-                                  .Ret<ffi::Buffer<ffi::F32>>()     // p
-                                  .Ret<ffi::Buffer<ffi::F32>>()     // m
-                                  .Ret<ffi::Buffer<ffi::F32>>()     // v
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // p
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // m
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<Vector>()                 // scalars
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // p
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // m
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // v
+                                  .Attr<bool>("decay"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdam8bitStep, Adam8bitStepImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g, flat
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // p, flat
+                                  .Arg<U8>()                     // m codes
+                                  .Arg<Vector>()                 // m absmax
+                                  .Arg<U8>()                     // v codes
+                                  .Arg<Vector>()                 // v absmax
+                                  .Arg<Vector>()                 // scalars
+                                  .Arg<Table>()                  // code values
+                                  .Arg<Table>()                  // encoders
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // p
+                                  .Ret<U8>()                     // m codes
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // m absmax
+                                  .Ret<U8>()                     // v codes
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // v absmax
                                   .Attr<bool>("decay"));

@@ -82,12 +82,12 @@ def _natively_run(
     state_bits: Any,
     spec: tuple,
 ) -> GradientTransformation:
-    """Let :func:`adamx.step` run ``tx`` natively where its kernel computes it."""
-    if fused is not True or nesterov is not False:
-        return tx
+    """Let :func:`adamx.step` run ``tx`` natively where its kernels compute it."""
+    del fused  # a kernel runs per buffer of a flat layout, or per leaf of a tree
     # state_bits may be a tracer (inject_hyperparams injects every number).
-    bits_32 = state_bits is None or (type(state_bits) is int and state_bits == 32)
-    if mu_dtype is None and nu_dtype is None and bits_32:
+    bits = 32 if state_bits is None else state_bits
+    native_bits = type(bits) is int and bits in (32, 8)
+    if nesterov is False and mu_dtype is None and nu_dtype is None and native_bits:
         register_adam(tx, *spec)
     return tx
 

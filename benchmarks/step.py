@@ -4,12 +4,17 @@ the memory-bandwidth limit measured in the same run.
 An Adam step reads params, grads, m and v and writes params, m and v: 28 bytes per
 float32 parameter (14 in bfloat16), so its floor is set by memory bandwidth. Each
 case reports the median step time, the effective bandwidth at those bytes, the ratio
-to ``optax.adam`` and the ratio to the bandwidth limit. Every step is jitted with the
+to ``optax.adam`` and the ratio to the bandwidth limit. The limit divides the bytes
+by the streaming bandwidth that two probes (a scale and a triad over 128 MB)
+measure in the same rounds as that case's steps. Every step is jitted with the
 params and state donated; repetitions are interleaved across implementations, in a
-random order each time (seeded), and warm-up calls are excluded.
+random order each time (seeded), and warm-up calls are excluded. PyTorch runs
+with ``OMP_WAIT_POLICY=PASSIVE`` unless set otherwise, so that its idle OpenMP
+threads do not spin on the cores the next implementation's step needs.
 
-``adamx.step (flat)`` takes the params and writes them with the moments in one
-native loop (``adamx.native``), outside Optax's updates-then-apply protocol.
+``adamx.step (flat)`` and ``adamx.step 8-bit`` take the params and write them
+with the moments in one native loop per buffer or leaf (``adamx.native``),
+outside Optax's updates-then-apply protocol.
 
 The 8-bit and 4-bit rows time the same step with block-wise quantized moments
 (``state_bits``); their bandwidth columns still count 28 bytes per param, so read
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import time
@@ -100,6 +106,10 @@ class TorchStep:
     """torch.optim.Adam on CPU tensors holding the same numbers."""
 
     def __init__(self, shapes, dtype, mode: str):
+        # OpenMP threads that spin after a step take cores from whichever step
+        # runs next; told to sleep, they leave the interleaved runs independent
+        # (torch's own step time unchanged). Read when torch loads OpenMP.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
         torch.set_num_threads(_cpu_threads())
@@ -117,27 +127,35 @@ class TorchStep:
 
 
 def _cpu_threads() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def measure_bandwidth(n: int, reps: int) -> float:
-    """Streaming bandwidth in GB/s: the best of a donated scale and a donated triad."""
-    x = jnp.ones(n, jnp.float32)
-    y = jnp.ones(n, jnp.float32)
-    scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
-    triad = jax.jit(lambda x, y: x * 1.0001 + y, donate_argnums=0)
-    best = 0.0
-    for fn, nbytes, args in [(scale, 8, ()), (triad, 12, (y,))]:
-        x = jax.block_until_ready(fn(x, *args))
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            x = jax.block_until_ready(fn(x, *args))
-            times.append(time.perf_counter() - start)
-        best = max(best, nbytes * n / statistics.median(times) / 1e9)
-    return best
+class StreamProbe:
+    """A donated streaming loop whose time gives the machine's bandwidth.
+
+    ``scale`` reads and writes x (8 bytes per float); ``triad`` also reads y
+    (12 bytes). The probes run in the same shuffled rounds as the steps, so the
+    limit comes from the same minutes as the step times it divides.
+    """
+
+    BYTES = {"scale": 8, "triad": 12}
+
+    def __init__(self, kind: str, n: int):
+        self.nbytes = self.BYTES[kind] * n
+        self.x = jnp.ones(n, jnp.float32)
+        self.y = jnp.ones(n, jnp.float32)
+        if kind == "scale":
+            self.fn = jax.jit(lambda x, y: x * 1.0001, donate_argnums=0)
+        else:
+            self.fn = jax.jit(lambda x, y: x * 1.0001 + y, donate_argnums=0)
+
+    def __call__(self) -> None:
+        self.x = jax.block_until_ready(self.fn(self.x, self.y))
+
+
+def bandwidth_GBps(medians: dict[str, float], probes: dict[str, StreamProbe]) -> float:
+    """The best of the probes' bandwidths, from their median ms."""
+    return max(p.nbytes / (medians[name] * 1e-3) / 1e9 for name, p in probes.items())
 
 
 def shuffled_rounds(
@@ -194,6 +212,10 @@ def implementations(shapes, dtype, with_torch: bool) -> dict[str, Callable[[], N
         "adamx 4-bit state": JaxStep(
             adamx.adam(1e-3, state_bits=4), adamx.apply_updates, params, grads
         ),
+        # The 8-bit step by adamx.step: one native pass per leaf.
+        "adamx.step 8-bit": JaxStep(
+            adamx.adam(1e-3, state_bits=8), None, params, grads, in_place=True
+        ),
     }
     try:
         import torch  # noqa: F401
@@ -217,20 +239,34 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     scale = 16 if args.quick else args.scale
-    bandwidth = measure_bandwidth(32_000_000 // scale, args.reps)
     device = jax.devices()[0].device_kind
-    print(f"device: {device}, streaming bandwidth {bandwidth:.1f} GB/s")
-    results: dict = {"device": device, "bandwidth_GBps": bandwidth, "cases": {}}
+    # The probes alone, before any step has run: for comparison with what
+    # they measure among the steps, which sets the limits.
+    probes = {
+        f"stream {kind}": StreamProbe(kind, 32_000_000 // scale)
+        for kind in StreamProbe.BYTES
+    }
+    alone = bandwidth_GBps(time_interleaved(probes, args.reps), probes)
+    del probes
+    print(f"device: {device}, streaming bandwidth alone {alone:.1f} GB/s")
+    results: dict = {"device": device, "bandwidth_alone_GBps": alone, "cases": {}}
     cols = ("ms", "GB/s", "/optax", "/limit")
     print(f"{'case':16s} {'implementation':20s} " + " ".join(f"{c:>7s}" for c in cols))
     for case, (shapes, dtype) in cases(scale).items():
         n = sum(int(np.prod(s)) for s in shapes)
         nbytes = 7 * jnp.dtype(dtype).itemsize * n  # 4 reads + 3 writes per param
-        limit_ms = nbytes / (bandwidth * 1e9) * 1e3
         impls = implementations(shapes, dtype, with_torch=not args.no_torch)
-        medians = time_interleaved(impls, args.reps)
+        probes = {
+            f"stream {kind}": StreamProbe(kind, 32_000_000 // scale)
+            for kind in StreamProbe.BYTES
+        }
+        medians = time_interleaved({**impls, **probes}, args.reps)
+        bandwidth = bandwidth_GBps(medians, probes)
+        limit_ms = nbytes / (bandwidth * 1e9) * 1e3
+        print(f"{case:16s} {'(streaming)':20s} {'':8s} {bandwidth:7.1f}")
         rows = {}
-        for name, ms in medians.items():
+        for name in impls:
+            ms = medians[name]
             rows[name] = {
                 "ms": ms,
                 "GBps": nbytes / (ms * 1e-3) / 1e9,
@@ -246,9 +282,14 @@ def main(argv: list[str] | None = None) -> dict:
             "params": n,
             "leaves": len(shapes),
             "bytes": nbytes,
+            "bandwidth_GBps": bandwidth,
             "limit_ms": limit_ms,
             "results": rows,
         }
+    # The run's bandwidth: the median of the cases' (each measured among them).
+    results["bandwidth_GBps"] = statistics.median(
+        c["bandwidth_GBps"] for c in results["cases"].values()
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

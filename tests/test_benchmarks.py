@@ -25,11 +25,15 @@ def test_step_benchmark_reports_ratios_against_optax_and_the_limit(tmp_path):
     )
     results = json.loads(out.read_text())
     assert results["bandwidth_GBps"] > 0
+    assert results["bandwidth_alone_GBps"] > 0
     assert set(results["cases"]) == {
         "1 x 16M", "200 x 80K", "ResNet-50", "2000 x 500", "200 x 80K bf16"
     }  # fmt: skip
     for case in results["cases"].values():
         rows = case["results"]
+        assert case["bandwidth_GBps"] > 0
+        assert abs(case["limit_ms"] * case["bandwidth_GBps"] * 1e6 - case["bytes"]) < 1
+        assert not any(name.startswith("stream") for name in rows)
         assert rows["optax.adam"]["ratio_to_optax"] == 1.0
         for row in rows.values():
             assert row["ms"] > 0
