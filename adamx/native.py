@@ -316,11 +316,13 @@ def _adam_32bit(
     scalars: jax.Array,
     decay: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    flat = jax.ShapeDtypeStruct((p.size,), p.dtype)
-    new = jax.ffi.ffi_call(
-        _TARGET_32, (flat, flat, flat), input_output_aliases={1: 0, 2: 1, 3: 2}
-    )(*(x.reshape(-1) for x in (g, p, m, v)), scalars, decay=decay)
-    new_p, new_m, new_v = (x.reshape(p.shape) for x in new)
+    # Leaves go in with their own shapes: the kernel reads them as row-major
+    # runs of elements, and a reshape here would make XLA copy the donated
+    # buffers of a leaf of rank 2 or more instead of updating them in place.
+    like = jax.ShapeDtypeStruct(p.shape, p.dtype)
+    new_p, new_m, new_v = jax.ffi.ffi_call(
+        _TARGET_32, (like, like, like), input_output_aliases={1: 0, 2: 1, 3: 2}
+    )(g, p, m, v, scalars, decay=decay)
     return new_p, new_m, new_v
 
 
@@ -333,15 +335,15 @@ def _adam_8bit(
     decay: bool,
 ) -> tuple[jax.Array, lowbit.QuantizedArray, lowbit.QuantizedArray]:
     values, encoders = _maps_8bit()
-    like = (p.reshape(-1), m.codes, m.absmax, v.codes, v.absmax)
+    like = (p, m.codes, m.absmax, v.codes, v.absmax)
     results = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in like)
     new_p, m_codes, m_absmax, v_codes, v_absmax = jax.ffi.ffi_call(
         _TARGET_8,
         results,
         input_output_aliases={1: 0, 2: 1, 3: 2, 4: 3, 5: 4},
-    )(g.reshape(-1), *like, scalars, values, encoders, decay=decay)
+    )(g, *like, scalars, values, encoders, decay=decay)
     return (
-        new_p.reshape(p.shape),
+        new_p,
         lowbit.QuantizedArray(m_codes, m_absmax, m.format),
         lowbit.QuantizedArray(v_codes, v_absmax, v.format),
     )

@@ -1,6 +1,7 @@
 """Tests of adamx/native.py: the in-place step and its native CPU kernel."""
 
 import functools
+import re
 import subprocess
 import warnings
 
@@ -319,6 +320,9 @@ def test_native_step_on_a_tree_agrees_with_the_chain_step_by_step(make_tx, bits)
     # ones for the small leaf.
     assert hlo.count("adamx_adam_8bit_step") == (3 if bits == 8 else 0)
     assert hlo.count("adamx_adam_step") == (1 if bits == 8 else 4)
+    # In place: no copy of any leaf's params or moments, whatever its rank.
+    compiled = native_step(tx).lower(params, state, params).compile().as_text()
+    assert not re.search(r"(f32|u8)\[\d+(,\d+)*\]\{[\d,]+\} copy\(", compiled)
     for i in range(6):
         grads = grads_at(params, i)
         params, state = assert_one_step_agrees(
