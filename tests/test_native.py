@@ -92,7 +92,7 @@ def test_native_step_equals_the_chain_bit_for_bit(name, strict_promotion):
 
 @needs_kernel
 def test_native_step_matches_optax_adamw():
-    flat = make_flat(sizes=(5000, 64))
+    flat = make_flat(sizes=(20000, 64))
     tree = flat.unravel()
     tx = adamx.adamw(1e-2, weight_decay=0.05, fused=True)
     ox = optax.adamw(1e-2, weight_decay=0.05)
@@ -316,10 +316,11 @@ def test_native_step_on_a_tree_agrees_with_the_chain_step_by_step(make_tx, bits)
     params = make_tree()
     state = tx.init(params)
     hlo = native_step(tx).lower(params, state, params).as_text()
-    # One kernel per leaf: 8-bit moments for the three large leaves, float32
-    # ones for the small leaf.
+    # One kernel per leaf: with 8 bits for the three leaves of 4096 elements or
+    # more; with float32 state for the two of 2**14 or more (the small ones
+    # run the chain's loops).
     assert hlo.count("adamx_adam_8bit_step") == (3 if bits == 8 else 0)
-    assert hlo.count("adamx_adam_step") == (1 if bits == 8 else 4)
+    assert hlo.count("adamx_adam_step") == (0 if bits == 8 else 2)
     # In place: no copy of any leaf's params or moments, whatever its rank.
     compiled = native_step(tx).lower(params, state, params).compile().as_text()
     assert not re.search(r"(f32|u8)\[\d+(,\d+)*\]\{[\d,]+\} copy\(", compiled)
