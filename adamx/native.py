@@ -238,6 +238,11 @@ def step(
     from the chain's in the last bit of some params; with 8-bit state, a
     moment at a midpoint between two codes may then take the other code.
 
+    Params sharded over several devices: the results are right, but XLA
+    gathers each leaf for the kernel and returns it replicated. For sharded
+    params use ``tx.update`` and ``apply_updates``, or
+    :func:`~adamx.sharded` for sharded state.
+
     Args:
         tx: the optimizer.
         grads: the gradients, a tree like ``params``.

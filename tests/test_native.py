@@ -356,3 +356,30 @@ def test_8bit_native_step_is_the_block_wise_algorithm():
         # code; and the params' rounding adds ulps of |params| <= 6.
         assert np.mean(rel > 1e-4) < 2e-3 and np.median(rel) < 1e-5
         assert np.max(rel) < 0.05
+
+
+@needs_kernel
+def test_native_step_on_sharded_params_gives_the_chains_numbers():
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    # Documented: right numbers, though XLA gathers each leaf for the kernel.
+    mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
+    rng = np.random.default_rng(3)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(512, 256)), jnp.float32),  # 8-bit
+        "b": jnp.asarray(rng.normal(size=(16_384 * 2,)), jnp.float32),
+    }
+    params = jax.device_put(params, NamedSharding(mesh, P("d")))
+    for bits in (32, 8):
+        tx = adamx.adam(1e-2, state_bits=bits)
+        state = tx.init(params)
+        grads = grads_at(params, 0)
+        got = jax.jit(lambda p, s, g, tx=tx: adamx.step(tx, g, s, p))(
+            params, state, grads
+        )
+        want = chain_step(tx)(params, state, grads)
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(
+                np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7
+            )
