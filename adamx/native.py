@@ -99,7 +99,7 @@ def register_adam(
     eps_root: Any,
     weight_decay: ScalarOrSchedule | None,
 ) -> GradientTransformation:
-    """Mark ``tx`` (a fused Adam or AdamW chain) as one the native kernel runs."""
+    """Mark ``tx`` (an Adam or AdamW chain) as one the native kernels run."""
     _SPECS[tx.update] = _AdamSpec(b1, b2, eps, eps_root, weight_decay)
     return tx
 

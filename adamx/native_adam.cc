@@ -10,9 +10,10 @@
 // where XLA makes four (maxima, two encodings, update), each decoding anew.
 //
 // The arithmetic is adamx's chain, operation for operation as XLA's CPU
-// compiler emits it, so the results are the jitted chain's bit for bit: the
-// scalars arrive computed by JAX, a scalar divisor is a product with its
-// reciprocal, and a * b + c contracts into a fused multiply-add.
+// compiler emits it on a flat buffer, where the results are the jitted chain's
+// bit for bit: the scalars arrive computed by JAX, a scalar divisor is a
+// product with its reciprocal, and a * b + c contracts into a fused
+// multiply-add. (On a tree XLA may order a division differently: an ulp or two.)
 //
 // Built by adamx/native.py with g++ on first use.
 
