@@ -383,3 +383,18 @@ def test_native_step_on_sharded_params_gives_the_chains_numbers():
             np.testing.assert_allclose(
                 np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7
             )
+
+
+@needs_kernel
+def test_8bit_native_step_with_nan_and_inf_gradients_is_the_chains():
+    # A NaN block maximum stays NaN and codes of NaN and inf moments are the
+    # chain's, so a step that apply_if_finite would skip leaves the same state.
+    tx = adamx.adam(1e-2, state_bits=8)
+    params = {"w": jnp.ones((64, 128))}
+    state = tx.init(params)
+    grads = {"w": jnp.ones((64, 128)).at[3, 5].set(jnp.nan).at[40, 0].set(jnp.inf)}
+    got = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))(params, state, grads)
+    want = chain_step(tx)(params, state, grads)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.isnan(np.asarray(got[1][0].mu["w"].absmax)).sum() == 1
