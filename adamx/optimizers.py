@@ -75,19 +75,24 @@ def _check_fused_state_bits(fused: bool, state_bits: Any) -> None:
 
 def _natively_run(
     tx: GradientTransformation,
-    fused: bool,
+    spec: tuple,
+    *,
     nesterov: bool,
     mu_dtype: Any,
     nu_dtype: Any,
     state_bits: Any,
-    spec: tuple,
+    mask: Any = None,
 ) -> GradientTransformation:
-    """Let :func:`adamx.step` run ``tx`` natively where its kernels compute it."""
-    del fused  # a kernel runs per buffer of a flat layout, or per leaf of a tree
+    """Let :func:`adamx.step` run ``tx`` natively where its kernels compute it.
+
+    The kernels decay every element they update, so a masked decay, like the
+    other variants they do not compute, stays with the chain.
+    """
     # state_bits may be a tracer (inject_hyperparams injects every number).
     bits = 32 if state_bits is None else state_bits
     native_bits = type(bits) is int and bits in (32, 8)
-    if nesterov is False and mu_dtype is None and nu_dtype is None and native_bits:
+    plain = nesterov is False and mu_dtype is None and nu_dtype is None
+    if plain and mask is None and native_bits:
         register_adam(tx, *spec)
     return tx
 
@@ -161,12 +166,11 @@ def adam(
     )
     return _natively_run(
         fused_or_plain(tx, fused),
-        fused,
-        nesterov,
-        mu_dtype,
-        nu_dtype,
-        state_bits,
         (b1, b2, eps, eps_root, None),
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        state_bits=state_bits,
     )
 
 
@@ -306,12 +310,12 @@ def adamw(
     )
     return _natively_run(
         fused_or_plain(tx, fused),
-        fused and mask is None,
-        nesterov,
-        mu_dtype,
-        nu_dtype,
-        state_bits,
         (b1, b2, eps, eps_root, weight_decay),
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        state_bits=state_bits,
+        mask=mask,
     )
 
 

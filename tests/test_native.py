@@ -160,8 +160,20 @@ def test_native_step_eagerly_and_on_a_buffer_split_between_threads():
         (lambda: adamx.inject_hyperparams(adamx.adam)(1e-2, fused=True), make_flat()),
         (lambda: adamx.adam(1e-2, state_bits=4), make_flat().unravel()),
         (lambda: adamx.adam(1e-2), {"a": jnp.ones(300, jnp.bfloat16)}),
+        (
+            lambda: adamx.adamw(1e-2, weight_decay=0.5, mask={"w0": False, "w1": True}),
+            {"w0": jnp.ones(30_000), "w1": jnp.ones(20_000)},
+        ),
     ],
-    ids=["nesterov", "bf16 state", "nadamw", "injected", "4-bit", "bf16 params"],
+    ids=[
+        "nesterov",
+        "bf16 state",
+        "nadamw",
+        "injected",
+        "4-bit",
+        "bf16 params",
+        "masked decay",
+    ],
 )
 def test_step_is_update_then_apply_where_the_kernel_does_not_apply(make_tx, params):
     tx = make_tx()
