@@ -103,6 +103,11 @@ class _CodeMap(NamedTuple):
     zero_cut: float  # float32: midpoint between 0 and the smallest code
     one_cut: float  # float32: midpoint between the largest code below 1 and 1
 
+    @property
+    def bin_scale(self) -> float:
+        """10^(width - 1) / 0.9: with 5^-F, the inverse of a decade's bin width."""
+        return 10.0 ** (self.width - 1) / 0.9
+
 
 def _dynamic_map(signed: bool, bits: int, exponent_bits: int) -> _CodeMap:
     width = bits - 1 if signed else bits
@@ -231,9 +236,7 @@ def _encode(a: jax.Array, cmap: _CodeMap) -> jax.Array:
     # 0.1 * 10^-E, so the bin is floor(m * 10^(width-1) / (0.9 * 5^F) - 2^F / 9):
     # powers of 5 and 2 instead of a table of per-decade constants.
     first = jnp.left_shift(jnp.int32(1), fraction_bits)
-    inverse = jnp.float32(10.0 ** (cmap.width - 1) / 0.9) * _inverse_powers_of_five(
-        fraction_bits
-    )
+    inverse = jnp.float32(cmap.bin_scale) * _inverse_powers_of_five(fraction_bits)
     f = jnp.floor(m * inverse - first.astype(jnp.float32) * jnp.float32(1 / 9))
     # A decade's codes are first .. 2 * first - 1.
     code = first + jnp.clip(f.astype(jnp.int32), 0, first - 1)

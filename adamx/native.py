@@ -372,7 +372,7 @@ def _maps_8bit() -> tuple[np.ndarray, np.ndarray]:
             np.concatenate(
                 [
                     cmap.thresholds,
-                    [cmap.zero_cut, cmap.one_cut, 10.0 ** (cmap.width - 1) / 0.9],
+                    [cmap.zero_cut, cmap.one_cut, cmap.bin_scale],
                 ]
             ).astype(np.float32)
             for cmap in maps

@@ -153,6 +153,11 @@ class StreamProbe:
         self.x = jax.block_until_ready(self.fn(self.x, self.y))
 
 
+def stream_probes(n: int) -> dict[str, StreamProbe]:
+    """Both probes over n floats, by the names they are timed under."""
+    return {f"stream {kind}": StreamProbe(kind, n) for kind in StreamProbe.BYTES}
+
+
 def bandwidth_GBps(medians: dict[str, float], probes: dict[str, StreamProbe]) -> float:
     """The best of the probes' bandwidths, from their median ms."""
     return max(p.nbytes / (medians[name] * 1e-3) / 1e9 for name, p in probes.items())
@@ -242,10 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = jax.devices()[0].device_kind
     # The probes alone, before any step has run: for comparison with what
     # they measure among the steps, which sets the limits.
-    probes = {
-        f"stream {kind}": StreamProbe(kind, 32_000_000 // scale)
-        for kind in StreamProbe.BYTES
-    }
+    probes = stream_probes(32_000_000 // scale)
     alone = bandwidth_GBps(time_interleaved(probes, args.reps), probes)
     del probes
     print(f"device: {device}, streaming bandwidth alone {alone:.1f} GB/s")
@@ -256,10 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         n = sum(int(np.prod(s)) for s in shapes)
         nbytes = 7 * jnp.dtype(dtype).itemsize * n  # 4 reads + 3 writes per param
         impls = implementations(shapes, dtype, with_torch=not args.no_torch)
-        probes = {
-            f"stream {kind}": StreamProbe(kind, 32_000_000 // scale)
-            for kind in StreamProbe.BYTES
-        }
+        probes = stream_probes(32_000_000 // scale)
         medians = time_interleaved({**impls, **probes}, args.reps)
         bandwidth = bandwidth_GBps(medians, probes)
         limit_ms = nbytes / (bandwidth * 1e9) * 1e3
