@@ -57,10 +57,6 @@ _SOURCE = Path(__file__).with_name("native_adam.cc")
 _TARGET_32 = "adamx_adam_step"
 _TARGET_8 = "adamx_adam_8bit_step"
 _BLOCK = 256  # the 8-bit kernel's block size
-# Smaller float32 leaves stay with the chain: a call of the kernel costs about
-# what XLA's loops over such a leaf cost (2000 leaves of 500: 57 ms against
-# 52 ms for the chain, measured), and XLA's loops are the chain's bit for bit.
-_MIN_32BIT_SIZE = 1 << 14
 # Contraction into fused multiply-adds as XLA's CPU backend contracts, so that the
 # results are the chain's bit for bit. -fno-math-errno (sqrt) and
 # -fno-trapping-math (selects over float comparisons) let loops vectorize and
@@ -224,8 +220,9 @@ def step(
     decay or schedule, no mask, ``nesterov=False``, default moment dtypes,
     ``state_bits`` 32 or 8), on CPU, a native loop updates the params and
     both moments together, in place when the jitted step donates them: one
-    per buffer of a :class:`~adamx.FlatParams` (``fused=True``), one per leaf
-    of a tree. With 8-bit state it decodes, updates and encodes each block of
+    pass over each buffer of a :class:`~adamx.FlatParams` (``fused=True``) or
+    each leaf of a tree, all in one call that shares the work between
+    threads. With 8-bit state it decodes, updates and encodes each block of
     256 in one pass. Leaves that are not float32, and every other case
     (other optimizers, wrappers around these such as
     :func:`~adamx.inject_hyperparams`, other platforms), run ``tx.update`` and
@@ -299,17 +296,28 @@ def _native_leaves(chain_out: tuple, operands: tuple, *, decay: bool) -> tuple:
     """Each leaf's new params and moments: by a kernel where one takes the leaf."""
     out = [list(x) for x in chain_out]
     grads, params, mus, nus, scalars = operands
+    float32, quantized = [], []
     for i, (g, p, m, v) in enumerate(zip(grads, params, mus, nus, strict=True)):
         if not (g.dtype == p.dtype == jnp.float32):
             continue
-        new: tuple[Any, Any, Any]
         if _is_8bit(m) and _is_8bit(v) and lowbit.explicit_sharding(g) is None:
-            new = _adam_8bit(g, p, m, v, scalars, decay)
-        elif _is_32bit(m, v) and p.size >= _MIN_32BIT_SIZE:
-            new = _adam_32bit(g, p, m, v, scalars, decay)
-        else:
-            continue
-        out[0][i], out[1][i], out[2][i] = new
+            quantized.append(i)
+        elif _is_32bit(m, v):
+            float32.append(i)
+    # One call per kernel for all its leaves, which it shares out between
+    # threads as one range of work.
+    if float32:
+        new = _adam_32bit(
+            [(grads[i], params[i], mus[i], nus[i]) for i in float32], scalars, decay
+        )
+        for i, leaf in zip(float32, new, strict=True):
+            out[0][i], out[1][i], out[2][i] = leaf
+    if quantized:
+        new = _adam_8bit(
+            [(grads[i], params[i], mus[i], nus[i]) for i in quantized], scalars, decay
+        )
+        for i, leaf in zip(quantized, new, strict=True):
+            out[0][i], out[1][i], out[2][i] = leaf
     return tuple(out)
 
 
@@ -321,45 +329,59 @@ def _is_8bit(m: Any) -> bool:
     return lowbit.is_quantized(m) and (m.bits, m.block_size) == (8, _BLOCK)
 
 
+def _aliases(leaves: int, fixed: int, per_leaf: int) -> dict[int, int]:
+    """Each leaf's operands after g aliased with its results, in order."""
+    return {
+        fixed + i * per_leaf + k: i * (per_leaf - 1) + k - 1
+        for i in range(leaves)
+        for k in range(1, per_leaf)
+    }
+
+
 def _adam_32bit(
-    g: jax.Array,
-    p: jax.Array,
-    m: jax.Array,
-    v: jax.Array,
+    leaves: list[tuple[jax.Array, jax.Array, jax.Array, jax.Array]],
     scalars: jax.Array,
     decay: bool,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
     # Leaves go in with their own shapes: the kernel reads them as row-major
     # runs of elements, and a reshape here would make XLA copy the donated
     # buffers of a leaf of rank 2 or more instead of updating them in place.
-    like = jax.ShapeDtypeStruct(p.shape, p.dtype)
-    new_p, new_m, new_v = jax.ffi.ffi_call(
-        _TARGET_32, (like, like, like), input_output_aliases={1: 0, 2: 1, 3: 2}
-    )(g, p, m, v, scalars, decay=decay)
-    return new_p, new_m, new_v
+    results = [
+        jax.ShapeDtypeStruct(x.shape, x.dtype) for leaf in leaves for x in leaf[1:]
+    ]
+    new = jax.ffi.ffi_call(
+        _TARGET_32, results, input_output_aliases=_aliases(len(leaves), 1, 4)
+    )(scalars, *[x for leaf in leaves for x in leaf], decay=decay)
+    return [tuple(new[3 * i : 3 * i + 3]) for i in range(len(leaves))]
 
 
 def _adam_8bit(
-    g: jax.Array,
-    p: jax.Array,
-    m: lowbit.QuantizedArray,
-    v: lowbit.QuantizedArray,
+    leaves: list[
+        tuple[jax.Array, jax.Array, lowbit.QuantizedArray, lowbit.QuantizedArray]
+    ],
     scalars: jax.Array,
     decay: bool,
-) -> tuple[jax.Array, lowbit.QuantizedArray, lowbit.QuantizedArray]:
+) -> list[tuple[jax.Array, lowbit.QuantizedArray, lowbit.QuantizedArray]]:
     values, encoders = _maps_8bit()
-    like = (p, m.codes, m.absmax, v.codes, v.absmax)
-    results = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in like)
-    new_p, m_codes, m_absmax, v_codes, v_absmax = jax.ffi.ffi_call(
-        _TARGET_8,
-        results,
-        input_output_aliases={1: 0, 2: 1, 3: 2, 4: 3, 5: 4},
-    )(g, *like, scalars, values, encoders, decay=decay)
-    return (
-        new_p,
-        lowbit.QuantizedArray(m_codes, m_absmax, m.format),
-        lowbit.QuantizedArray(v_codes, v_absmax, v.format),
-    )
+    operands, results = [], []
+    for g, p, m, v in leaves:
+        like = (p, m.codes, m.absmax, v.codes, v.absmax)
+        operands += [g, *like]
+        results += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in like]
+    new = jax.ffi.ffi_call(
+        _TARGET_8, results, input_output_aliases=_aliases(len(leaves), 3, 6)
+    )(scalars, values, encoders, *operands, decay=decay)
+    out = []
+    for i, (_, _, m, v) in enumerate(leaves):
+        p, m_codes, m_absmax, v_codes, v_absmax = new[5 * i : 5 * i + 5]
+        out.append(
+            (
+                p,
+                lowbit.QuantizedArray(m_codes, m_absmax, m.format),
+                lowbit.QuantizedArray(v_codes, v_absmax, v.format),
+            )
+        )
+    return out
 
 
 @functools.cache

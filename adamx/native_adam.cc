@@ -1,6 +1,6 @@
 // The in-place Adam steps of adamx.step, as XLA FFI handlers for the CPU.
 //
-// AdamxAdamStep: one pass over a float32 buffer reads g, p, m, v and writes p,
+// AdamxAdamStep: one pass over float32 leaves reads g, p, m, v and writes p,
 // m, v: 28 bytes per parameter, where XLA's CPU backend writes each output in a
 // loop of its own and the update in between (40 bytes).
 //
@@ -8,6 +8,10 @@
 // per block of 256, decode the old codes, update the moments in float32, take
 // their block maxima, update the params, encode the moments again. One pass
 // where XLA makes four (maxima, two encodings, update), each decoding anew.
+//
+// Each handler takes every leaf of a step in one call and shares their work
+// out between threads as one range: a call per leaf would wake the threads
+// once per leaf and leave them unevenly loaded on each small leaf.
 //
 // The arithmetic is adamx's chain, operation for operation as XLA's CPU
 // compiler emits it on a flat buffer, where the results are the jitted chain's
@@ -25,6 +29,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -108,6 +114,83 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t items, int64_t min_chunk,
   work->finished.wait(lock, [&] { return work->done.load() == work->chunks; });
 }
 
+// ParallelFor over the items of several leaves laid end to end, each leaf's
+// count rounded up to `align` so that no chunk starts inside another thread's
+// cache line; fn(leaf, lo, hi) gets ranges within one leaf.
+void ParallelForLeaves(ffi::ThreadPool& pool, const std::vector<int64_t>& sizes,
+                       int64_t min_chunk, int64_t align,
+                       const std::function<void(size_t, int64_t, int64_t)>& fn) {
+  std::vector<int64_t> starts(sizes.size() + 1, 0);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    starts[i + 1] = starts[i] + (sizes[i] + align - 1) / align * align;
+  }
+  // fn and starts outlive every call: ParallelFor returns after the last chunk.
+  ParallelFor(pool, starts.back(), min_chunk, align, [&](int64_t lo, int64_t hi) {
+    size_t i = std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1;
+    for (; i < sizes.size() && starts[i] < hi; ++i) {
+      const int64_t first = std::max(lo, starts[i]) - starts[i];
+      const int64_t end = std::min(hi - starts[i], sizes[i]);
+      if (first < end) fn(i, first, end);
+    }
+  });
+}
+
+// The leaves' buffers of one call: per leaf `per_leaf` operands (g, p, then
+// the state), and a result for each operand after g, which native.py aliases
+// with its operand, so that the step is in place.
+class Leaves {
+ public:
+  Leaves(const char* what, const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+         size_t per_leaf)
+      : what_(what), args_(args), rets_(rets), per_leaf_(per_leaf) {}
+
+  size_t count() const { return args_.size() / per_leaf_; }
+
+  ffi::Error CheckAliased() const {
+    if (args_.size() % per_leaf_ != 0 || rets_.size() != count() * (per_leaf_ - 1)) {
+      return Fail("wrong number of buffers");
+    }
+    for (size_t i = 0; i < count(); ++i) {
+      for (size_t k = 1; k < per_leaf_; ++k) {
+        auto arg = args_.get<ffi::AnyBuffer>(i * per_leaf_ + k);
+        auto ret = rets_.get<ffi::AnyBuffer>(i * (per_leaf_ - 1) + k - 1);
+        if (!arg.has_value() || !ret.has_value() ||
+            (*ret)->untyped_data() != arg->untyped_data()) {
+          return ffi::Error::Internal(std::string(what_) + ": results are not aliased");
+        }
+      }
+    }
+    return ffi::Error::Success();
+  }
+
+  // Operand k of leaf i, or nullptr if it is not of `type` with `elements`.
+  template <typename T>
+  T* Data(size_t i, size_t k, ffi::DataType type, int64_t elements) const {
+    auto arg = args_.get<ffi::AnyBuffer>(i * per_leaf_ + k);
+    if (!arg.has_value() || arg->element_type() != type ||
+        static_cast<int64_t>(arg->element_count()) != elements) {
+      return nullptr;
+    }
+    return static_cast<T*>(arg->untyped_data());
+  }
+
+  // Elements of operand k of leaf i.
+  int64_t Elements(size_t i, size_t k) const {
+    auto arg = args_.get<ffi::AnyBuffer>(i * per_leaf_ + k);
+    return arg.has_value() ? static_cast<int64_t>(arg->element_count()) : -1;
+  }
+
+  ffi::Error Fail(const std::string& why) const {
+    return ffi::Error::InvalidArgument(std::string(what_) + ": " + why);
+  }
+
+ private:
+  const char* what_;
+  const ffi::RemainingArgs& args_;
+  const ffi::RemainingRets& rets_;
+  size_t per_leaf_;
+};
+
 // ---------------------------------------------------------------- float32
 
 void AdamRange(const Hyper& h, const float* __restrict g, float* __restrict p,
@@ -127,34 +210,32 @@ void AdamRange(const Hyper& h, const float* __restrict g, float* __restrict p,
 // the handler macro's arguments.
 using Vector = ffi::Buffer<ffi::F32, 1>;
 
-bool Aliased(const void* a, const void* b) { return a == b; }
+struct Leaf32 {
+  const float* g;
+  float *p, *m, *v;
+};
 
-ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
-                        ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> m,
-                        ffi::Buffer<ffi::F32> v, Vector scalars,
-                        ffi::ResultBuffer<ffi::F32> p_out,
-                        ffi::ResultBuffer<ffi::F32> m_out,
-                        ffi::ResultBuffer<ffi::F32> v_out, bool decay) {
-  const int64_t n = g.element_count();
-  if (p.element_count() != n || m.element_count() != n || v.element_count() != n) {
-    return ffi::Error::InvalidArgument("adamx adam step: buffers differ in size");
-  }
-  if (scalars.element_count() != kScalars) {
-    return ffi::Error::InvalidArgument("adamx adam step: wrong number of scalars");
-  }
-  // native.py aliases each result with its operand, so the step is in place.
-  if (!Aliased(p_out->typed_data(), p.typed_data()) ||
-      !Aliased(m_out->typed_data(), m.typed_data()) ||
-      !Aliased(v_out->typed_data(), v.typed_data())) {
-    return ffi::Error::Internal("adamx adam step: results are not aliased");
+ffi::Error AdamStepImpl(ffi::ThreadPool pool, Vector scalars, ffi::RemainingArgs args,
+                        ffi::RemainingRets rets, bool decay) {
+  const Leaves leaves("adamx adam step", args, rets, 4);
+  if (scalars.element_count() != kScalars) return leaves.Fail("wrong number of scalars");
+  if (ffi::Error e = leaves.CheckAliased(); e.failure()) return e;
+  std::vector<Leaf32> data(leaves.count());
+  std::vector<int64_t> sizes(leaves.count());
+  for (size_t i = 0; i < leaves.count(); ++i) {
+    const int64_t n = sizes[i] = leaves.Elements(i, 0);
+    data[i] = Leaf32{leaves.Data<const float>(i, 0, ffi::F32, n),
+                     leaves.Data<float>(i, 1, ffi::F32, n),
+                     leaves.Data<float>(i, 2, ffi::F32, n),
+                     leaves.Data<float>(i, 3, ffi::F32, n)};
+    if (!data[i].g || !data[i].p || !data[i].m || !data[i].v) {
+      return leaves.Fail("leaf " + std::to_string(i) + ": buffers differ in type or size");
+    }
   }
   const Hyper h = ReadHyper(scalars.typed_data(), decay);
-  const float* G = g.typed_data();
-  float* P = p_out->typed_data();
-  float* M = m_out->typed_data();
-  float* V = v_out->typed_data();
-  ParallelFor(pool, n, 1 << 14, 16, [=](int64_t lo, int64_t hi) {
-    AdamRange(h, G, P, M, V, lo, hi);
+  ParallelForLeaves(pool, sizes, 1 << 14, 16, [&](size_t i, int64_t lo, int64_t hi) {
+    const Leaf32& x = data[i];
+    AdamRange(h, x.g, x.p, x.m, x.v, lo, hi);
   });
   return ffi::Error::Success();
 }
@@ -208,26 +289,29 @@ inline int32_t Encode(const Encoder& e, float a) {
   return code;
 }
 
-struct Quantized8 {
+struct Leaf8 {
   const float* g;
   float* p;
   uint8_t* m_codes;
   float* m_absmax;
   uint8_t* v_codes;
   float* v_absmax;
-  const float* m_values;  // 256 floats: the value of each code
-  const float* v_values;
-  Encoder m_map, v_map;
   int64_t n;  // elements of the leaf; the last block may be partly padding
 };
 
-void Adam8bitBlocks(const Hyper& h, const Quantized8& q, int64_t first_block,
+struct Maps8 {
+  const float* m_values;  // 256 floats: the value of each code
+  const float* v_values;
+  Encoder m_map, v_map;
+};
+
+void Adam8bitBlocks(const Hyper& h, const Maps8& maps, const Leaf8& q, int64_t first_block,
                     int64_t end_block) {
   alignas(64) float m_new[kBlock];
   alignas(64) float v_new[kBlock];
   alignas(64) float g_tail[kBlock];
   // Local copies: loads through the struct would keep the loops scalar.
-  const Encoder m_map = q.m_map, v_map = q.v_map;
+  const Encoder m_map = maps.m_map, v_map = maps.v_map;
   for (int64_t b = first_block; b < end_block; ++b) {
     const int64_t lo = b * kBlock;
     const int64_t valid = std::min<int64_t>(kBlock, q.n - lo);
@@ -247,8 +331,8 @@ void Adam8bitBlocks(const Hyper& h, const Quantized8& q, int64_t first_block,
 #pragma omp simd reduction(max : m_max, v_max) reduction(+ : nan)
     for (int j = 0; j < kBlock; ++j) {
       const float gi = g[j];
-      const float mo = q.m_values[mc[j]] * m_scale;
-      const float vo = q.v_values[vc[j]] * v_scale;
+      const float mo = maps.m_values[mc[j]] * m_scale;
+      const float vo = maps.v_values[vc[j]] * v_scale;
       const float mi = h.omb1 * gi + h.b1 * mo;
       const float vi = h.omb2 * (gi * gi) + h.b2 * vo;
       m_new[j] = mi;
@@ -286,88 +370,68 @@ void Adam8bitBlocks(const Hyper& h, const Quantized8& q, int64_t first_block,
   }
 }
 
-using U8 = ffi::Buffer<ffi::U8>;
-using U8Result = ffi::ResultBuffer<ffi::U8>;
 using Table = ffi::Buffer<ffi::F32, 2>;
 
-ffi::Error Adam8bitStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
-                            ffi::Buffer<ffi::F32> p, U8 m_codes, Vector m_absmax,
-                            U8 v_codes, Vector v_absmax, Vector scalars, Table values,
-                            Table encoders, ffi::ResultBuffer<ffi::F32> p_out,
-                            U8Result m_codes_out, ffi::ResultBuffer<ffi::F32> m_absmax_out,
-                            U8Result v_codes_out, ffi::ResultBuffer<ffi::F32> v_absmax_out,
-                            bool decay) {
-  const int64_t n = g.element_count();
-  const int64_t blocks = m_absmax.element_count();
-  if (p.element_count() != n || blocks != (n + kBlock - 1) / kBlock ||
-      v_absmax.element_count() != blocks || m_codes.element_count() != blocks * kBlock ||
-      v_codes.element_count() != blocks * kBlock) {
-    return ffi::Error::InvalidArgument("adamx 8-bit adam step: sizes do not match");
-  }
+ffi::Error Adam8bitStepImpl(ffi::ThreadPool pool, Vector scalars, Table values,
+                            Table encoders, ffi::RemainingArgs args,
+                            ffi::RemainingRets rets, bool decay) {
+  const Leaves leaves("adamx 8-bit adam step", args, rets, 6);
   if (scalars.element_count() != kScalars || values.element_count() != 2 * 256 ||
       encoders.element_count() != 2 * kEncoderFloats) {
-    return ffi::Error::InvalidArgument("adamx 8-bit adam step: wrong constants");
+    return leaves.Fail("wrong constants");
   }
-  if (!Aliased(p_out->typed_data(), p.typed_data()) ||
-      !Aliased(m_codes_out->typed_data(), m_codes.typed_data()) ||
-      !Aliased(m_absmax_out->typed_data(), m_absmax.typed_data()) ||
-      !Aliased(v_codes_out->typed_data(), v_codes.typed_data()) ||
-      !Aliased(v_absmax_out->typed_data(), v_absmax.typed_data())) {
-    return ffi::Error::Internal("adamx 8-bit adam step: results are not aliased");
+  if (ffi::Error e = leaves.CheckAliased(); e.failure()) return e;
+  std::vector<Leaf8> data(leaves.count());
+  std::vector<int64_t> blocks(leaves.count());
+  for (size_t i = 0; i < leaves.count(); ++i) {
+    const int64_t n = leaves.Elements(i, 0);
+    const int64_t b = blocks[i] = (n + kBlock - 1) / kBlock;
+    data[i] = Leaf8{leaves.Data<const float>(i, 0, ffi::F32, n),
+                    leaves.Data<float>(i, 1, ffi::F32, n),
+                    leaves.Data<uint8_t>(i, 2, ffi::U8, b * kBlock),
+                    leaves.Data<float>(i, 3, ffi::F32, b),
+                    leaves.Data<uint8_t>(i, 4, ffi::U8, b * kBlock),
+                    leaves.Data<float>(i, 5, ffi::F32, b),
+                    n};
+    const Leaf8& x = data[i];
+    if (!x.g || !x.p || !x.m_codes || !x.m_absmax || !x.v_codes || !x.v_absmax) {
+      return leaves.Fail("leaf " + std::to_string(i) + ": buffers do not match");
+    }
   }
   const Hyper h = ReadHyper(scalars.typed_data(), decay);
-  Quantized8 q{g.typed_data(),
-               p_out->typed_data(),
-               m_codes_out->typed_data(),
-               m_absmax_out->typed_data(),
-               v_codes_out->typed_data(),
-               v_absmax_out->typed_data(),
-               values.typed_data(),
-               values.typed_data() + 256,
-               {},
-               {},
-               n};
+  Maps8 maps{values.typed_data(), values.typed_data() + 256, {}, {}};
   std::copy(encoders.typed_data(), encoders.typed_data() + kEncoderFloats,
-            reinterpret_cast<float*>(&q.m_map));
+            reinterpret_cast<float*>(&maps.m_map));
   std::copy(encoders.typed_data() + kEncoderFloats,
             encoders.typed_data() + 2 * kEncoderFloats,
-            reinterpret_cast<float*>(&q.v_map));
-  ParallelFor(pool, blocks, 64, 1, [=](int64_t lo, int64_t hi) {
-    Adam8bitBlocks(h, q, lo, hi);
+            reinterpret_cast<float*>(&maps.v_map));
+  // Chunks of 16 blocks or more: the blocks are where the time goes (decoding
+  // and encoding), so threads that take even shares finish together.
+  ParallelForLeaves(pool, blocks, 16, 1, [&](size_t i, int64_t lo, int64_t hi) {
+    Adam8bitBlocks(h, maps, data[i], lo, hi);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
+// Operands: the scalars, then per leaf g, p, m, v; results: per leaf p, m, v.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdamStep, AdamStepImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // g
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // p
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // m
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
-                                  .Arg<Vector>()                 // scalars
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // p
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // m
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<Vector>()  // scalars
+                                  .RemainingArgs()
+                                  .RemainingRets()
                                   .Attr<bool>("decay"));
 
+// Operands: the scalars, the maps' values and encoders' constants, then per
+// leaf g, p, m codes, m absmax, v codes, v absmax; results: per leaf all but g.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdam8bitStep, Adam8bitStepImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // g, flat
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // p, flat
-                                  .Arg<U8>()                     // m codes
-                                  .Arg<Vector>()                 // m absmax
-                                  .Arg<U8>()                     // v codes
-                                  .Arg<Vector>()                 // v absmax
-                                  .Arg<Vector>()                 // scalars
-                                  .Arg<Table>()                  // code values
-                                  .Arg<Table>()                  // encoders
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // p
-                                  .Ret<U8>()                     // m codes
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // m absmax
-                                  .Ret<U8>()                     // v codes
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // v absmax
+                                  .Arg<Vector>()  // scalars
+                                  .Arg<Table>()   // code values
+                                  .Arg<Table>()   // encoders
+                                  .RemainingArgs()
+                                  .RemainingRets()
                                   .Attr<bool>("decay"));
