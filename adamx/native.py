@@ -118,13 +118,13 @@ def _cpu_identity() -> str:
     return "\n".join(sorted({ln for ln in lines if ln.startswith(wanted)}))
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, flags: tuple[str, ...] = _FLAGS) -> Path:
     version = _run([compiler, "--version"])
     key = hashlib.sha256(
         "\0".join(
             [
                 _SOURCE.read_text(),
-                " ".join(_FLAGS),
+                " ".join(flags),
                 version,
                 jaxlib.__version__,
                 _cpu_identity(),
@@ -140,7 +140,7 @@ def _build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         include = f"-I{jax.ffi.include_dir()}"
-        _run([compiler, *_FLAGS, include, str(_SOURCE), "-o", str(built)])
+        _run([compiler, *flags, include, str(_SOURCE), "-o", str(built)])
         os.replace(built, target)
     return target
 

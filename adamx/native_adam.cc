@@ -9,6 +9,10 @@
 // their block maxima, update the params, encode the moments again. One pass
 // where XLA makes four (maxima, two encodings, update), each decoding anew.
 //
+// With AVX-512 the 8-bit step decodes by permutes over the code values held
+// in registers and encodes with a table per binade instead of six threshold
+// comparisons (EncodeTables); elsewhere portable loops compute the same codes.
+//
 // Each handler takes every leaf of a step in one call and shares their work
 // out between threads as one range: a call per leaf would wake the threads
 // once per leaf and leave them unevenly loaded on each small leaf.
@@ -22,6 +26,9 @@
 // Built by adamx/native.py with g++ on first use.
 
 #include <algorithm>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -256,6 +263,22 @@ struct Encoder {
 };
 constexpr int kEncoderFloats = sizeof(Encoder) / sizeof(float);
 
+// A decade with F fraction bits has 2^F bins; the bin of a magnitude m is
+// floor(m * BinInverse(F) - BinOffset(F)) (lowbit._encode's arithmetic).
+// 5^-F from F's bits, in lowbit._inverse_powers_of_five's order; the constants
+// are Python's doubles rounded to float32, as jnp.float32 rounds them.
+inline float BinInverse(const Encoder& e, int32_t fraction_bits) {
+  float power = 1.0f;
+  power = power * ((fraction_bits & 1) ? static_cast<float>(0.2) : 1.0f);
+  power = power * ((fraction_bits & 2) ? static_cast<float>(0.04) : 1.0f);
+  power = power * ((fraction_bits & 4) ? static_cast<float>(0.0016) : 1.0f);
+  return e.scale * power;
+}
+
+inline float BinOffset(int32_t fraction_bits) {
+  return static_cast<float>(1 << fraction_bits) * static_cast<float>(1.0 / 9.0);
+}
+
 // lowbit._encode for a dynamic map of `width` bits below the sign, for a value
 // a in [-1, 1]: the decade by thresholds, then the bin within it.
 template <int width, bool is_signed>
@@ -264,15 +287,8 @@ inline int32_t Encode(const Encoder& e, float a) {
   int32_t fraction_bits = width - 1 - (kDecades - 1);
   for (int d = 0; d < kDecades - 1; ++d) fraction_bits += mag > e.thresholds[d];
   const int32_t first = 1 << fraction_bits;
-  // 5^-F from F's bits, in lowbit._inverse_powers_of_five's order.
-  // The constants are Python's doubles rounded to float32, as jnp.float32 rounds.
-  float power = 1.0f;
-  power = power * ((fraction_bits & 1) ? static_cast<float>(0.2) : 1.0f);
-  power = power * ((fraction_bits & 2) ? static_cast<float>(0.04) : 1.0f);
-  power = power * ((fraction_bits & 4) ? static_cast<float>(0.0016) : 1.0f);
-  const float inverse = e.scale * power;
-  const float ninth = static_cast<float>(1.0 / 9.0);
-  const float f = std::floor(mag * inverse - static_cast<float>(first) * ninth);
+  const float f =
+      std::floor(mag * BinInverse(e, fraction_bits) - BinOffset(fraction_bits));
   // lowbit clips the float's conversion to int32 (which saturates, NaN to 0)
   // to [0, first - 1]; clipping the float first gives the same, and converts
   // only values that fit.
@@ -289,6 +305,147 @@ inline int32_t Encode(const Encoder& e, float a) {
   return code;
 }
 
+// Encode's decade by one comparison instead of six: the thresholds are about
+// a factor of 10 apart, so a binade [2^e, 2^(e+1)) holds at most one, and a
+// value's decade is the one below its binade's threshold, or the next if the
+// value passes it. Tables by binade and by decade, for 16-entry lookups in
+// registers (AVX-512 permutes; lookups in memory would make gathers).
+struct EncodeTables {
+  // Binades 2^-31 .. 2^0: zero and smaller values share the first (no
+  // threshold lies below 2^-31); larger values, inf and NaN the last.
+  static constexpr int kBinades = 32;
+  bool ok = false;  // the thresholds fit: else Encode runs
+  alignas(64) float threshold[kBinades];  // the binade's threshold, or +inf
+  alignas(64) int32_t below[kBinades];    // F of values below it
+  alignas(64) float inverse[16];          // per F: BinInverse
+  alignas(64) float offset[16];           // per F: BinOffset
+  alignas(64) float last_bin[16];         // per F: 2^F - 1
+};
+
+template <int width>
+EncodeTables MakeTables(const Encoder& e) {
+  EncodeTables t;
+  t.ok = true;
+  for (int k = 0; k < EncodeTables::kBinades; ++k) {
+    const float lo = std::ldexp(1.0f, k + 1 - EncodeTables::kBinades);
+    t.below[k] = width - 1 - (kDecades - 1);
+    t.threshold[k] = INFINITY;
+    for (int d = 0; d < kDecades - 1; ++d) {
+      const float x = e.thresholds[d];
+      if (x < lo) {
+        t.below[k] += 1;
+        // Values below 2^-31 share the first binade: none may lie below x.
+        t.ok = t.ok && k > 0;
+      } else if (x < 2.0f * lo) {
+        t.ok = t.ok && t.threshold[k] == INFINITY;
+        t.threshold[k] = x;
+      }
+    }
+  }
+  for (int f = 0; f < 16; ++f) {
+    const int32_t fraction_bits = std::min(f, kDecades);
+    t.inverse[f] = BinInverse(e, fraction_bits);
+    t.offset[f] = BinOffset(fraction_bits);
+    t.last_bin[f] = static_cast<float>((1 << fraction_bits) - 1);
+  }
+  return t;
+}
+
+#if defined(__AVX512F__)
+template <int width, bool is_signed>
+inline __m512i Encode16(const EncodeTables& t, const Encoder& e, __m512 a) {
+  const __m512 mag = _mm512_abs_ps(a);
+  // The binade's index: the biased exponent less 127 - 31, in [0, 31]. NaN and
+  // inf land in the last; zero and subnormals in the first.
+  __m512i k = _mm512_srli_epi32(_mm512_castps_si512(mag), 23);
+  k = _mm512_sub_epi32(k, _mm512_set1_epi32(127 + 1 - EncodeTables::kBinades));
+  k = _mm512_min_epi32(_mm512_max_epi32(k, _mm512_setzero_si512()),
+                       _mm512_set1_epi32(EncodeTables::kBinades - 1));
+  const __m512 threshold = _mm512_permutex2var_ps(
+      _mm512_load_ps(t.threshold), k, _mm512_load_ps(t.threshold + 16));
+  __m512i f = _mm512_permutex2var_epi32(_mm512_load_si512(t.below), k,
+                                        _mm512_load_si512(t.below + 16));
+  const __mmask16 up = _mm512_cmp_ps_mask(mag, threshold, _CMP_GT_OQ);
+  f = _mm512_mask_add_epi32(f, up, f, _mm512_set1_epi32(1));
+  const __m512 inverse = _mm512_permutexvar_ps(f, _mm512_load_ps(t.inverse));
+  const __m512 offset = _mm512_permutexvar_ps(f, _mm512_load_ps(t.offset));
+  const __m512 last_bin = _mm512_permutexvar_ps(f, _mm512_load_ps(t.last_bin));
+  // Encode's mag * inverse - offset, contracted as the flags contract it.
+  __m512 bin = _mm512_fmsub_ps(mag, inverse, offset);
+  bin = _mm512_roundscale_ps(bin, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  // max's second operand for NaN: a NaN bin becomes 0, as in Encode.
+  bin = _mm512_min_ps(_mm512_max_ps(bin, _mm512_setzero_ps()), last_bin);
+  __m512i code = _mm512_add_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), f),
+                                  _mm512_cvttps_epi32(bin));
+  code = _mm512_maskz_mov_epi32(
+      _mm512_cmp_ps_mask(mag, _mm512_set1_ps(e.zero_cut), _CMP_GT_OQ), code);
+  if (is_signed) {
+    const __mmask16 negative =
+        _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LT_OQ) &
+        _mm512_test_epi32_mask(code, code);
+    code = _mm512_mask_or_epi32(code, negative, code, _mm512_set1_epi32(1 << width));
+    code = _mm512_mask_mov_epi32(
+        code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(e.one_cut), _CMP_GT_OQ),
+        _mm512_set1_epi32(1 << width));
+  } else {
+    code = _mm512_mask_mov_epi32(
+        code, _mm512_cmp_ps_mask(mag, _mm512_set1_ps(e.one_cut), _CMP_GT_OQ),
+        _mm512_set1_epi32(1));
+  }
+  return code;
+}
+#endif
+
+// A block's codes: x[j] * inverse encoded by the map, for j < kBlock.
+template <int width, bool is_signed>
+void EncodeBlock(const EncodeTables& t, const Encoder& e, const float* x, float inverse,
+                 uint8_t* __restrict codes) {
+#if defined(__AVX512F__)
+  if (t.ok) {
+    const __m512 scale = _mm512_set1_ps(inverse);
+    for (int j = 0; j < kBlock; j += 16) {
+      const __m512i code =
+          Encode16<width, is_signed>(t, e, _mm512_mul_ps(_mm512_loadu_ps(x + j), scale));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + j), _mm512_cvtepi32_epi8(code));
+    }
+    return;
+  }
+#endif
+  // Encoded as int32 first, then narrowed: one vector width for the loop.
+  alignas(64) int32_t wide[kBlock];
+#pragma omp simd
+  for (int j = 0; j < kBlock; ++j) wide[j] = Encode<width, is_signed>(e, x[j] * inverse);
+  for (int j = 0; j < kBlock; ++j) codes[j] = static_cast<uint8_t>(wide[j]);
+}
+
+
+// A block's values of its codes: table[codes[j]] for j < kBlock.
+void DecodeBlock(const float* __restrict table, const uint8_t* __restrict codes,
+                 float* __restrict out) {
+#if defined(__AVX512F__)
+  // The 256 values in 16 registers; a value is picked by permutes within
+  // each pair of registers (the code's low 5 bits), then by selects on bits
+  // 5, 6 and 7: gathers from memory took a third longer over the whole step.
+  __m512 t[16];
+  for (int r = 0; r < 16; ++r) t[r] = _mm512_loadu_ps(table + 16 * r);
+  for (int j = 0; j < kBlock; j += 16) {
+    const __m512i c = _mm512_cvtepu8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + j)));
+    __m512 pick[8];
+    for (int r = 0; r < 8; ++r) pick[r] = _mm512_permutex2var_ps(t[2 * r], c, t[2 * r + 1]);
+    for (int bit = 5, n = 8; bit < 8; ++bit, n /= 2) {
+      const __mmask16 high = _mm512_test_epi32_mask(c, _mm512_set1_epi32(1 << bit));
+      for (int r = 0; r < n / 2; ++r) {
+        pick[r] = _mm512_mask_blend_ps(high, pick[2 * r], pick[2 * r + 1]);
+      }
+    }
+    _mm512_storeu_ps(out + j, pick[0]);
+  }
+#else
+  for (int j = 0; j < kBlock; ++j) out[j] = table[codes[j]];
+#endif
+}
+
 struct Leaf8 {
   const float* g;
   float* p;
@@ -303,6 +460,7 @@ struct Maps8 {
   const float* m_values;  // 256 floats: the value of each code
   const float* v_values;
   Encoder m_map, v_map;
+  EncodeTables m_tables, v_tables;
 };
 
 void Adam8bitBlocks(const Hyper& h, const Maps8& maps, const Leaf8& q, int64_t first_block,
@@ -325,14 +483,18 @@ void Adam8bitBlocks(const Hyper& h, const Maps8& maps, const Leaf8& q, int64_t f
       std::fill(std::copy(g, g + valid, g_tail), g_tail + kBlock, 0.0f);
       g = g_tail;
     }
+    alignas(64) float m_old[kBlock];
+    alignas(64) float v_old[kBlock];
+    DecodeBlock(maps.m_values, mc, m_old);
+    DecodeBlock(maps.v_values, vc, v_old);
     // A NaN maximum stays NaN, as XLA's max propagates it.
     float m_max = 0.0f, v_max = 0.0f;
     int nan = 0;  // an int: a bool's reduction keeps the loop scalar
 #pragma omp simd reduction(max : m_max, v_max) reduction(+ : nan)
     for (int j = 0; j < kBlock; ++j) {
       const float gi = g[j];
-      const float mo = maps.m_values[mc[j]] * m_scale;
-      const float vo = maps.v_values[vc[j]] * v_scale;
+      const float mo = m_old[j] * m_scale;
+      const float vo = v_old[j] * v_scale;
       const float mi = h.omb1 * gi + h.b1 * mo;
       const float vi = h.omb2 * (gi * gi) + h.b2 * vo;
       m_new[j] = mi;
@@ -355,18 +517,8 @@ void Adam8bitBlocks(const Hyper& h, const Maps8& maps, const Leaf8& q, int64_t f
     q.v_absmax[b] = v_max;
     const float m_inverse = m_max > 0.0f ? 1.0f / m_max : 0.0f;
     const float v_inverse = v_max > 0.0f ? 1.0f / v_max : 0.0f;
-    // Encoded as int32 first, then narrowed: one vector width for the loop.
-    alignas(64) int32_t m_code[kBlock];
-    alignas(64) int32_t v_code[kBlock];
-#pragma omp simd
-    for (int j = 0; j < kBlock; ++j) {
-      m_code[j] = Encode<kSignedWidth, true>(m_map, m_new[j] * m_inverse);
-      v_code[j] = Encode<kUnsignedWidth, false>(v_map, v_new[j] * v_inverse);
-    }
-    for (int j = 0; j < kBlock; ++j) {
-      mc[j] = static_cast<uint8_t>(m_code[j]);
-      vc[j] = static_cast<uint8_t>(v_code[j]);
-    }
+    EncodeBlock<kSignedWidth, true>(maps.m_tables, m_map, m_new, m_inverse, mc);
+    EncodeBlock<kUnsignedWidth, false>(maps.v_tables, v_map, v_new, v_inverse, vc);
   }
 }
 
@@ -405,6 +557,8 @@ ffi::Error Adam8bitStepImpl(ffi::ThreadPool pool, Vector scalars, Table values,
   std::copy(encoders.typed_data() + kEncoderFloats,
             encoders.typed_data() + 2 * kEncoderFloats,
             reinterpret_cast<float*>(&maps.v_map));
+  maps.m_tables = MakeTables<kSignedWidth>(maps.m_map);
+  maps.v_tables = MakeTables<kUnsignedWidth>(maps.v_map);
   // Chunks of 16 blocks or more: the blocks are where the time goes (decoding
   // and encoding), so threads that take even shares finish together.
   ParallelForLeaves(pool, blocks, 16, 1, [&](size_t i, int64_t lo, int64_t hi) {

@@ -1,5 +1,6 @@
 """Tests of adamx/native.py: the in-place step and its native CPU kernel."""
 
+import ctypes
 import functools
 import re
 import subprocess
@@ -422,3 +423,107 @@ def test_8bit_native_step_with_nan_and_inf_gradients_is_the_chains():
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert np.isnan(np.asarray(got[1][0].mu["w"].absmax)).sum() == 1
+
+
+def code_map_edges(cmap):
+    """Magnitudes in (0, 1] at and around every edge of the encoder's cases."""
+
+    def ulps(x):
+        return [
+            np.nextafter(x, 0, dtype=np.float32),
+            x,
+            np.nextafter(x, 1, dtype=np.float32),
+        ]
+
+    edges = [*cmap.thresholds, cmap.zero_cut, cmap.one_cut]
+    edges += [2.0**e for e in range(-31, 0)]  # binade boundaries
+    for fraction_bits in range(8):
+        # bin boundaries: where m * 10^(w-1) / (0.9 * 5^F) - 2^F / 9 is a whole number
+        inverse = cmap.bin_scale / 5.0**fraction_bits
+        edges += [
+            (k + 2**fraction_bits / 9) / inverse for k in range(0, 2**fraction_bits, 7)
+        ]
+    values = np.concatenate([ulps(np.float32(x)) for x in edges])
+    return values[(values > 0) & (values < 1)]
+
+
+def edge_gradients(seed=0):
+    """Gradients whose new moments, with b1 = b2 = 0, put every 8-bit encoder
+    case to the test: m = g hits the signed map's edges (both signs), v = g*g
+    the unsigned map's. Each block starts with 1.0, so the block maxima are 1
+    and the encoder sees the moments themselves."""
+    rng = np.random.default_rng(seed)
+    m_edges = code_map_edges(adamx.lowbit.map_8bit(True))
+    v_edges = np.sqrt(code_map_edges(adamx.lowbit.map_8bit(False)))
+    spread = np.exp(rng.uniform(np.log(1e-12), 0, 4000))  # every decade
+    values = np.concatenate([m_edges, -m_edges, v_edges, spread, -spread, [0.0, 1e-45]])
+    values = rng.permutation(values.astype(np.float32))
+    blocks = -(-values.size // 255)
+    g = np.zeros((blocks, 256), np.float32)
+    g[:, 0] = 1.0
+    g[:, 1:].flat[: values.size] = values
+    return {"w": jnp.asarray(g)}
+
+
+@needs_kernel
+def test_8bit_kernel_encodes_the_code_maps_edges_as_lowbit():
+    tx = adamx.adam(1.0, b1=0.0, b2=0.0, state_bits=8)
+    grads = edge_gradients()
+    params = jax.tree.map(jnp.zeros_like, grads)
+    state = tx.init(params)
+    got = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))(params, state, grads)
+    want = chain_step(tx)(params, state, grads)
+    m, v = got[1][0].mu["w"], got[1][0].nu["w"]
+    np.testing.assert_array_equal(m.absmax, 1.0)
+    np.testing.assert_array_equal(v.absmax, 1.0)
+    # Codes and maxima bit for bit; the params to float32 rounding.
+    assert_bitwise_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0]["w"], want[0]["w"], rtol=1e-6)
+    # The edges reached many codes of both maps, not a few.
+    assert len(np.unique(np.asarray(m.codes))) > 200
+    assert len(np.unique(np.asarray(v.codes))) > 200
+
+
+@functools.cache
+def portable_8bit_target():
+    """The 8-bit kernel built without AVX-512, registered under a name of its own."""
+    compiler = native.shutil.which("g++")
+    flags = (*native._FLAGS, "-mno-avx512f")
+    library = ctypes.cdll.LoadLibrary(str(native._build(compiler, flags)))
+    name = "adamx_test_portable_8bit_step"
+    jax.ffi.register_ffi_target(
+        name, jax.ffi.pycapsule(library.AdamxAdam8bitStep), platform="cpu"
+    )
+    return name
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", ["edges", "tree"])
+def test_8bit_kernel_without_avx512_steps_to_the_same_bits(case, monkeypatch):
+    # The AVX-512 paths (encoder tables, decoding by permutes) against the
+    # portable loops, over several steps so that old codes decode too.
+    if case == "edges":
+        tx, params = adamx.adam(1.0, b1=0.0, b2=0.0, state_bits=8), edge_gradients(1)
+    else:
+        tx, params = adamx.adamw(2e-2, weight_decay=0.1, state_bits=8), make_tree()
+
+    def compiled_step(state):
+        # A function of its own each time: jit would reuse the other's trace.
+        def step(p, s, g):
+            return adamx.step(tx, g, s, p)
+
+        return jax.jit(step).lower(*state, params).compile()
+
+    fast = (params, tx.init(params))
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "_TARGET_8", portable_8bit_target())
+        portable_step = compiled_step(fast)
+    fast_step = compiled_step(fast)
+    assert "adamx_test_portable_8bit_step" in portable_step.as_text()
+    assert "adamx_test_portable_8bit_step" not in fast_step.as_text()
+    portable = fast
+    for i in range(4):
+        grads = grads_at(params, i) if case == "tree" else edge_gradients(i)
+        fast = fast_step(*fast, grads)
+        portable = portable_step(*portable, grads)
+        assert_bitwise_equal(fast, portable)
