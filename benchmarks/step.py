@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--plot", help="write a bar chart (PNG) to this file")
+    parser.add_argument(
+        "--case", action="append", help="run only this case (repeatable)"
+    )
     args = parser.parse_args(argv)
 
     scale = 16 if args.quick else args.scale
@@ -254,7 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"device": device, "bandwidth_alone_GBps": alone, "cases": {}}
     cols = ("ms", "GB/s", "/optax", "/limit")
     print(f"{'case':16s} {'implementation':20s} " + " ".join(f"{c:>7s}" for c in cols))
-    for case, (shapes, dtype) in cases(scale).items():
+    selected = cases(scale)
+    unknown = sorted(set(args.case or ()) - set(selected))
+    if unknown:
+        parser.error(f"--case {unknown[0]!r}: the cases are {list(selected)}")
+    for case, (shapes, dtype) in selected.items():
+        if args.case and case not in args.case:
+            continue
         n = sum(int(np.prod(s)) for s in shapes)
         nbytes = 7 * jnp.dtype(dtype).itemsize * n  # 4 reads + 3 writes per param
         impls = implementations(shapes, dtype, with_torch=not args.no_torch)

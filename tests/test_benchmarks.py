@@ -40,6 +40,16 @@ def test_step_benchmark_reports_ratios_against_optax_and_the_limit(tmp_path):
             assert abs(row["ratio_to_limit"] * case["limit_ms"] - row["ms"]) < 1e-9
 
 
+def test_step_benchmark_runs_the_cases_asked_for(tmp_path):
+    step = load("step")
+    out = tmp_path / "step.json"
+    argv = ["--scale", "2000", "--reps", "1", "--no-torch", "--json", str(out)]
+    step.main([*argv, "--case", "2000 x 500"])
+    assert set(json.loads(out.read_text())["cases"]) == {"2000 x 500"}
+    with pytest.raises(SystemExit):
+        step.main([*argv, "--case", "3 x 7"])
+
+
 def test_resnet50_shapes_have_the_published_parameter_count():
     shapes = load("step").resnet50_shapes()
     n = sum(int(__import__("numpy").prod(s)) for s in shapes)

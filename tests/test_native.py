@@ -527,3 +527,25 @@ def test_8bit_kernel_without_avx512_steps_to_the_same_bits(case, monkeypatch):
         fast = fast_step(*fast, grads)
         portable = portable_step(*portable, grads)
         assert_bitwise_equal(fast, portable)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [32, 8])
+def test_leaves_split_between_calls_give_the_same_step(bits, monkeypatch):
+    tx = adamx.adam(1e-2, state_bits=bits)
+    params = {**make_tree(), "more": jnp.linspace(-1.0, 1.0, 5000)}
+    state, grads = tx.init(params), grads_at(params, 0)
+
+    def step(p, s, g):
+        return adamx.step(tx, g, s, p)
+
+    whole = jax.jit(step).lower(params, state, grads)
+    monkeypatch.setattr(native, "_LEAVES_PER_CALL", 2)
+    split = jax.jit(lambda p, s, g: step(p, s, g)).lower(params, state, grads)
+    # float32 state: five leaves in calls of 2, 2, 1; 8 bits: four quantized
+    # leaves in two calls and the small leaf's float32 state in one.
+    assert whole.as_text().count("stablehlo.custom_call") == (1 if bits == 32 else 2)
+    assert split.as_text().count("stablehlo.custom_call") == 3
+    assert_bitwise_equal(
+        whole.compile()(params, state, grads), split.compile()(params, state, grads)
+    )
