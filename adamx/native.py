@@ -354,7 +354,7 @@ def _adam_32bit(
     new = jax.ffi.ffi_call(
         _TARGET_32, results, input_output_aliases=_aliases(len(leaves), 1, 4)
     )(scalars, *[x for leaf in leaves for x in leaf], decay=decay)
-    return [tuple(new[3 * i : 3 * i + 3]) for i in range(len(leaves))]
+    return [(new[3 * i], new[3 * i + 1], new[3 * i + 2]) for i in range(len(leaves))]
 
 
 def _adam_8bit(
