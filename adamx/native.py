@@ -59,8 +59,8 @@ _TARGET_8 = "adamx_adam_8bit_step"
 _BLOCK = 256  # the 8-bit kernel's block size
 # Leaves per kernel call. One call for all leaves of a large tree takes long to
 # compile (XLA's time grows about as the cube of a call's operands: 400 leaves
-# 4.0 s, 200 0.73 s, 100 0.19 s); a call of 64 costs at run time about what
-# a call of all of them costs per leaf.
+# 4.0 s, 200 0.73 s, 100 0.19 s); calls of 64 run as fast (400 leaves of 500:
+# 2.0 ms a step in calls of 64, 2.3 ms in one call).
 _LEAVES_PER_CALL = 64
 # Contraction into fused multiply-adds as XLA's CPU backend contracts, so that the
 # results are the chain's bit for bit. -fno-math-errno (sqrt) and
@@ -226,8 +226,8 @@ def step(
     ``state_bits`` 32 or 8), on CPU, a native loop updates the params and
     both moments together, in place when the jitted step donates them: one
     pass over each buffer of a :class:`~adamx.FlatParams` (``fused=True``) or
-    each leaf of a tree, all in one call that shares the work between
-    threads. With 8-bit state it decodes, updates and encodes each block of
+    each leaf of a tree, in calls of up to 64 leaves that share their work
+    out between threads. With 8-bit state it decodes, updates and encodes each block of
     256 in one pass. Leaves that are not float32, and every other case
     (other optimizers, wrappers around these such as
     :func:`~adamx.inject_hyperparams`, other platforms), run ``tx.update`` and
@@ -303,7 +303,8 @@ def _native_leaves(chain_out: tuple, operands: tuple, *, decay: bool) -> tuple:
     grads, params, mus, nus, scalars = operands
     float32, quantized = [], []
     for i, (g, p, m, v) in enumerate(zip(grads, params, mus, nus, strict=True)):
-        if not (g.dtype == p.dtype == jnp.float32):
+        # Empty leaves have nothing to update (and may have no data pointer).
+        if g.size == 0 or not (g.dtype == p.dtype == jnp.float32):
             continue
         if _is_8bit(m) and _is_8bit(v) and lowbit.explicit_sharding(g) is None:
             quantized.append(i)

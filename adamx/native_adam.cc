@@ -13,9 +13,9 @@
 // in registers and encodes with a table per binade instead of six threshold
 // comparisons (EncodeTables); elsewhere portable loops compute the same codes.
 //
-// Each handler takes every leaf of a step in one call and shares their work
-// out between threads as one range: a call per leaf would wake the threads
-// once per leaf and leave them unevenly loaded on each small leaf.
+// Each handler takes many leaves in one call (native.py sends up to 64) and
+// shares their work out between threads as one range: a call per leaf would
+// wake the threads once per leaf and leave them unevenly loaded on each.
 //
 // The arithmetic is adamx's chain, operation for operation as XLA's CPU
 // compiler emits it on a flat buffer, where the results are the jitted chain's

@@ -285,6 +285,7 @@ def make_tree(seed=0):
     shapes = {"big": (300, 400), "ragged": (80_000 + 100,), "conv": (3, 3, 16, 32)}
     tree = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
     tree["small"] = jnp.asarray(rng.normal(size=(7,)), jnp.float32)  # float32 state
+    tree["empty"] = jnp.zeros((0, 4), jnp.float32)  # nothing to update: no kernel
     tree["none"] = None
     return tree
 
