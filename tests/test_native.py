@@ -349,7 +349,8 @@ def test_native_step_on_a_tree_agrees_with_the_chain_step_by_step(make_tx, bits)
         assert calls == {"adamx_adam_step": (1 + 4 * 4, 3 * 4)}
     # In place: no copy of any leaf's params or moments, whatever its rank.
     compiled = native_step(tx).lower(params, state, params).compile().as_text()
-    assert not re.search(r"(f32|u8)\[\d+(,\d+)*\]\{[\d,]+\} copy\(", compiled)
+    # (An empty leaf's copy of nothing does not count.)
+    assert not re.search(r"(f32|u8)\[[1-9]\d*(,[1-9]\d*)*\]\{[\d,]+\} copy\(", compiled)
     for i in range(6):
         grads = grads_at(params, i)
         params, state = assert_one_step_agrees(
