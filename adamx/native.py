@@ -303,7 +303,7 @@ def _native_leaves(chain_out: tuple, operands: tuple, *, decay: bool) -> tuple:
     grads, params, mus, nus, scalars = operands
     float32, quantized = [], []
     for i, (g, p, m, v) in enumerate(zip(grads, params, mus, nus, strict=True)):
-        # Empty leaves have nothing to update (and may have no data pointer).
+        # Empty leaves have nothing to update.
         if g.size == 0 or not (g.dtype == p.dtype == jnp.float32):
             continue
         if _is_8bit(m) and _is_8bit(v) and lowbit.explicit_sharding(g) is None:

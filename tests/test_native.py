@@ -543,6 +543,7 @@ def test_leaves_split_between_calls_give_the_same_step(bits, monkeypatch):
 
     whole = jax.jit(step).lower(params, state, grads)
     monkeypatch.setattr(native, "_LEAVES_PER_CALL", 2)
+    # A function of its own: a second jit of `step` would reuse its trace.
     split = jax.jit(lambda p, s, g: step(p, s, g)).lower(params, state, grads)
     # float32 state: five leaves in calls of 2, 2, 1; 8 bits: four quantized
     # leaves in two calls and the small leaf's float32 state in one.
