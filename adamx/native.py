@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,6 +50,7 @@ from adamx.base import (
     ScalarOrSchedule,
     Updates,
     apply_updates,
+    check_same_shapes,
 )
 
 __all__ = ["native_available", "step"]
@@ -57,11 +59,14 @@ _SOURCE = Path(__file__).with_name("native_adam.cc")
 _TARGET_32 = "adamx_adam_step"
 _TARGET_8 = "adamx_adam_8bit_step"
 _BLOCK = 256  # the 8-bit kernel's block size
-# Leaves per kernel call. One call for all leaves of a large tree takes long to
-# compile (XLA's time grows about as the cube of a call's operands: 400 leaves
-# 4.0 s, 200 0.73 s, 100 0.19 s); calls of 64 run as fast (400 leaves of 500:
-# 2.0 ms a step in calls of 64, 2.3 ms in one call).
-_LEAVES_PER_CALL = 64
+# Leaves per kernel call. XLA's compile time grows with a call's operands
+# (one call for 400 leaves of 500: 4.0 s, 200: 0.73 s, 100: 0.19 s), and its
+# fusion pass spends time per operand in proportion to the call's operands:
+# a training step over 1000 leaves of 16 floats compiles in 3.7 s in calls of
+# 64 and 3.4 s in calls of 32 or 16. Calls of 16 ran the 8-bit step on 200
+# leaves of 80,000 7% slower than calls of 64 (each call waits for its last
+# chunk); calls of 32 as fast.
+_LEAVES_PER_CALL = 32
 # Contraction into fused multiply-adds as XLA's CPU backend contracts, so that the
 # results are the chain's bit for bit. -fno-math-errno (sqrt) and
 # -fno-trapping-math (selects over float comparisons) let loops vectorize and
@@ -226,19 +231,22 @@ def step(
     ``state_bits`` 32 or 8), on CPU, a native loop updates the params and
     both moments together, in place when the jitted step donates them: one
     pass over each buffer of a :class:`~adamx.FlatParams` (``fused=True``) or
-    each leaf of a tree, in calls of up to 64 leaves that share their work
-    out between threads. With 8-bit state it decodes, updates and encodes each block of
-    256 in one pass. Leaves that are not float32, and every other case
-    (other optimizers, wrappers around these such as
-    :func:`~adamx.inject_hyperparams`, other platforms), run ``tx.update`` and
-    :func:`~adamx.apply_updates`.
+    each leaf of a tree, in calls of up to 32 leaves that share their work
+    out between threads. With 8-bit state it decodes, updates and encodes
+    each block of 256 in one pass. Leaves that are not float32, and every
+    other case (other optimizers, wrappers around these such as
+    :func:`~adamx.inject_hyperparams`, other platforms), run ``tx.update``
+    and :func:`~adamx.apply_updates`; for ``adam`` and ``adamw``, leaf by
+    leaf, so that XLA compiles only the leaves the loop does not update and
+    traces the chain once per kind of leaf rather than once per leaf.
 
-    The loops compute the chain's formula in float32 in the order XLA's CPU
-    compiler evaluates it on a flat buffer, where the results are the jitted
-    chain's bit for bit. Elsewhere XLA may rearrange a division (a quotient
-    of quotients as one quotient of a product), and the results then differ
-    from the chain's in the last bit of some params; with 8-bit state, a
-    moment at a midpoint between two codes may then take the other code.
+    Each leaf's new values are the chain's on that leaf alone. The float32
+    loop computes the formula in the order XLA's CPU compiler evaluates it on
+    one buffer, where the results are the jitted chain's bit for bit. On a
+    tree of several leaves XLA divides by the bias corrections rather than
+    multiplying by their reciprocals, and the chain's results then differ
+    from these in the last bit of some params; with 8-bit state, a moment at
+    a midpoint between two codes may then take the other code.
 
     Params sharded over several devices: the results are right, but XLA
     gathers each leaf for the kernel and returns it replicated. For sharded
@@ -268,60 +276,93 @@ def step(
     if spec is None or not native_available():
         updates, opt_state = tx.update(grads, opt_state, params)
         return apply_updates(params, updates), opt_state
-    # The chain's own update gives the new counts and learning rate, and the
-    # results for leaves the kernels do not take. The rest of its results are
-    # returned only on platforms without the kernels; on CPU nothing reads
-    # them and XLA drops them as dead code.
-    updates, new_state = tx.update(grads, opt_state, params)
-    chain_params = apply_updates(params, updates)
-    adam_state, lr_state = new_state[0], new_state[-1]
-    scalars, decay = _scalars(spec, adam_state.count, lr_state, opt_state)
+    adam_state = opt_state[0]
+    # The chain checks the trees it is given; it is given parts of them here.
+    check_same_shapes("grads", grads, "state.mu", lowbit.as_placeholders(adam_state.mu))
+    check_same_shapes("grads", grads, "state.nu", lowbit.as_placeholders(adam_state.nu))
+    check_same_shapes("grads", grads, "params", params)
+    g_leaves = jax.tree.leaves(grads)
     p_leaves, p_def = jax.tree.flatten(params)
-    m_leaves, m_def = jax.tree.flatten(opt_state[0].mu, is_leaf=lowbit.is_quantized)
-    v_leaves = jax.tree.flatten(opt_state[0].nu, is_leaf=lowbit.is_quantized)[0]
-    chain_out = (
-        jax.tree.leaves(chain_params),
-        jax.tree.flatten(adam_state.mu, is_leaf=lowbit.is_quantized)[0],
-        jax.tree.flatten(adam_state.nu, is_leaf=lowbit.is_quantized)[0],
+    m_leaves, m_def = jax.tree.flatten(adam_state.mu, is_leaf=lowbit.is_quantized)
+    v_leaves = jax.tree.flatten(adam_state.nu, is_leaf=lowbit.is_quantized)[0]
+    leaves = list(zip(g_leaves, p_leaves, m_leaves, v_leaves, strict=True))
+    kernels = [_kernel_for(*leaf) for leaf in leaves]
+
+    # The states' other parts (step counts, schedules' states): the chain on
+    # no leaves updates them.
+    others = (adam_state._replace(mu=[], nu=[]), *opt_state[1:])
+    new_state = tx.update([], others, [])[1]
+
+    @jax.jit
+    def chain_leaf(leaf: tuple, others: OptState) -> tuple:
+        # The chain is element-wise, so a leaf alone with its moments takes
+        # the tree's formula. Jitted, it is traced once per kind of leaf
+        # (shape, dtype, moments), not once per leaf.
+        g, p, m, v = leaf
+        state = (others[0]._replace(mu=[m], nu=[v]), *others[1:])
+        updates, state = tx.update([g], state, [p])
+        return apply_updates([p], updates)[0], state[0].mu[0], state[0].nu[0]
+
+    def chain_leaves(part: list[tuple]) -> list[tuple]:
+        return [chain_leaf(leaf, others) for leaf in part]
+
+    # Leaves no kernel takes run the chain. Only the platform's branch below
+    # is lowered: on CPU, XLA never sees the chain's kernels for the leaves the
+    # native kernels take, which would cost compile time for nothing.
+    rest = [i for i, kernel in enumerate(kernels) if kernel is None]
+    native_kernels = {i: k for i, k in enumerate(kernels) if k is not None}
+    done = list(native_kernels)
+    rest_new = chain_leaves([leaves[i] for i in rest])
+    scalars, decay = _scalars(spec, new_state[0].count, new_state[-1], opt_state)
+    native = functools.partial(
+        _native_leaves, list(native_kernels.values()), decay=decay
     )
-    operands = (jax.tree.leaves(grads), p_leaves, m_leaves, v_leaves, scalars)
-    new_p, new_m, new_v = jax.lax.platform_dependent(
-        chain_out,
-        operands,
-        cpu=functools.partial(_native_leaves, decay=decay),
-        default=lambda chain_out, operands: chain_out,
+    done_new = jax.lax.platform_dependent(
+        [leaves[i] for i in done],
+        scalars,
+        cpu=native,
+        default=lambda part, scalars: chain_leaves(part),
     )
-    new_adam = adam_state._replace(
+    new = [None] * len(leaves)
+    for i, leaf in zip(rest + done, rest_new + list(done_new), strict=True):
+        new[i] = leaf
+    new_p, new_m, new_v = (
+        (list(x) for x in zip(*new, strict=True)) if new else ([],) * 3
+    )
+    new_adam = new_state[0]._replace(
         mu=jax.tree.unflatten(m_def, new_m), nu=jax.tree.unflatten(m_def, new_v)
     )
     return jax.tree.unflatten(p_def, new_p), (new_adam, *new_state[1:])
 
 
-def _native_leaves(chain_out: tuple, operands: tuple, *, decay: bool) -> tuple:
-    """Each leaf's new params and moments: by a kernel where one takes the leaf."""
-    out = [list(x) for x in chain_out]
-    grads, params, mus, nus, scalars = operands
-    float32, quantized = [], []
-    for i, (g, p, m, v) in enumerate(zip(grads, params, mus, nus, strict=True)):
-        # Empty leaves have nothing to update.
-        if g.size == 0 or not (g.dtype == p.dtype == jnp.float32):
-            continue
-        if _is_8bit(m) and _is_8bit(v) and lowbit.explicit_sharding(g) is None:
-            quantized.append(i)
-        elif _is_32bit(m, v):
-            float32.append(i)
+def _kernel_for(g: Any, p: Any, m: Any, v: Any) -> Callable | None:
+    """The kernel that updates this leaf, or None where the chain does."""
+    # Empty leaves have nothing to update.
+    if g.size == 0 or not (g.dtype == p.dtype == jnp.float32):
+        return None
+    if _is_8bit(m) and _is_8bit(v) and lowbit.explicit_sharding(g) is None:
+        return _adam_8bit
+    if _is_32bit(m, v):
+        return _adam_32bit
+    return None
+
+
+def _native_leaves(
+    kernels: list[Callable], leaves: list[tuple], scalars: jax.Array, *, decay: bool
+) -> list[tuple]:
+    """The leaves' new params and moments, each by its kernel."""
+    new: list[Any] = [None] * len(leaves)
     # A call per kernel for many leaves at once, which it shares out between
     # threads as one range of work; in groups, because XLA's compile time grows
     # faster than the operands of one call.
-    for kernel, indices in ((_adam_32bit, float32), (_adam_8bit, quantized)):
+    for kernel in (_adam_32bit, _adam_8bit):
+        indices = [i for i, k in enumerate(kernels) if k is kernel]
         for start in range(0, len(indices), _LEAVES_PER_CALL):
             group = indices[start : start + _LEAVES_PER_CALL]
-            new = kernel(
-                [(grads[i], params[i], mus[i], nus[i]) for i in group], scalars, decay
-            )
-            for i, leaf in zip(group, new, strict=True):
-                out[0][i], out[1][i], out[2][i] = leaf
-    return tuple(out)
+            results = kernel([leaves[i] for i in group], scalars, decay)
+            for i, leaf in zip(group, results, strict=True):
+                new[i] = leaf
+    return new
 
 
 def _is_32bit(m: Any, v: Any) -> bool:

@@ -1,6 +1,7 @@
 """Compile time of a training step with many leaves: adamx against Optax.
 
-For each tree size the step ``grad -> tx.update -> apply_updates`` is traced,
+For each tree size the step ``grad -> tx.update -> apply_updates`` (or
+``grad -> adamx.step``, whose native kernels XLA does not compile) is traced,
 lowered and compiled with ``jax.jit(...).trace(...).lower().compile()``;
 repetitions are interleaved between the libraries and the median is reported,
 in all and for each phase: JAX tracing the step to a jaxpr, lowering it to
@@ -78,9 +79,11 @@ def loss_fn(params: dict) -> jax.Array:
 def variants(params: dict) -> dict:
     flat = adamx.ravel(params)
 
-    def tree_step(tx, apply_updates):
+    def tree_step(tx, apply_updates, in_place=False):
         def step(p, s):
             g = jax.grad(loss_fn)(p)
+            if in_place:
+                return adamx.step(tx, g, s, p)
             u, s = tx.update(g, s, p)
             return apply_updates(p, u), s
 
@@ -98,6 +101,8 @@ def variants(params: dict) -> dict:
         "optax.adam": tree_step(optax.adam(1e-3), optax.apply_updates),
         "adamx.adam": tree_step(adamx.adam(1e-3), adamx.apply_updates),
         "adamx.adam flat": flat_step(adamx.adam(1e-3, fused=True)),
+        # The native kernels update the leaves (on CPU; elsewhere the chain).
+        "adamx.step": tree_step(adamx.adam(1e-3), None, in_place=True),
     }
 
 

@@ -66,7 +66,7 @@ def test_compile_benchmark_runs(tmp_path, tree):
     report = json.loads(out.read_text())
     assert report["tree"] == tree
     rows = report["results"]["5"]
-    assert set(rows) == {"optax.adam", "adamx.adam", "adamx.adam flat"}
+    assert set(rows) == {"optax.adam", "adamx.adam", "adamx.adam flat", "adamx.step"}
     assert rows["optax.adam"]["ratio_to_optax"] == 1.0
     for row in rows.values():
         phases = [row["trace_s"], row["lower_s"], row["xla_s"]]

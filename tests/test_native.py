@@ -286,6 +286,7 @@ def make_tree(seed=0):
     tree = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
     tree["small"] = jnp.asarray(rng.normal(size=(7,)), jnp.float32)  # float32 state
     tree["empty"] = jnp.zeros((0, 4), jnp.float32)  # nothing to update: no kernel
+    tree["half"] = jnp.asarray(rng.normal(size=(64,)), jnp.bfloat16)  # the chain's
     tree["none"] = None
     return tree
 
@@ -552,3 +553,108 @@ def test_leaves_split_between_calls_give_the_same_step(bits, monkeypatch):
     assert_bitwise_equal(
         whole.compile()(params, state, grads), split.compile()(params, state, grads)
     )
+
+
+def leaf_by_leaf_step(tx):
+    """The jitted chain on each leaf alone, as one tree of results."""
+
+    def run(params, state, grads):
+        adam, rest = state[0], state[1:]
+        new_state = tx.update([], (adam._replace(mu=[], nu=[]), *rest), [])[1]
+        out = []
+        for g, p, m, v in zip(
+            jax.tree.leaves(grads),
+            *(
+                jax.tree.leaves(x, is_leaf=adamx.lowbit.is_quantized)
+                for x in (params, adam.mu, adam.nu)
+            ),
+            strict=True,
+        ):
+            u, s = tx.update([g], (adam._replace(mu=[m], nu=[v]), *rest), [p])
+            out.append((adamx.apply_updates([p], u)[0], s[0].mu[0], s[0].nu[0]))
+        p_def = jax.tree.structure(params)
+        m_def = jax.tree.structure(adam.mu, is_leaf=adamx.lowbit.is_quantized)
+        new_p, new_m, new_v = zip(*out, strict=True)
+        new_adam = new_state[0]._replace(
+            mu=m_def.unflatten(new_m), nu=m_def.unflatten(new_v)
+        )
+        return p_def.unflatten(new_p), (new_adam, *new_state[1:])
+
+    return jax.jit(run)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [32, 8])
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda bits: adamx.adam(2e-2, state_bits=bits),
+        lambda bits: adamx.adamw(
+            adamx.cosine_decay_schedule(3e-2, 10),
+            weight_decay=lambda count: 0.1 / (1.0 + count),
+            state_bits=bits,
+        ),
+    ],
+    ids=["adam", "adamw, schedules"],
+)
+def test_the_step_other_platforms_run_is_the_chain_leaf_by_leaf(
+    make_tx, bits, monkeypatch
+):
+    # Other platforms run platform_dependent's default branch: made the only
+    # branch here, it runs on CPU and must give the chain's every bit, leaf
+    # by leaf.
+    monkeypatch.setattr(
+        jax.lax, "platform_dependent", lambda *args, cpu, default: default(*args)
+    )
+    tx = make_tx(bits)
+    params = make_tree()
+    a = b = (params, tx.init(params))
+    by_step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
+    assert "custom_call" not in by_step.lower(*a, params).as_text()
+    for i in range(4):
+        grads = grads_at(b[0], i)
+        a = by_step(*a, grads)
+        b = leaf_by_leaf_step(tx)(*b, grads)
+        assert_bitwise_equal(a, b)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: adamx.adam(2e-2),
+        lambda: adamx.adamw(
+            adamx.cosine_decay_schedule(3e-2, 10),
+            weight_decay=lambda count: 0.1 / (1.0 + count),
+        ),
+    ],
+    ids=["adam", "adamw, schedules"],
+)
+def test_float32_kernel_on_a_tree_is_the_chain_leaf_by_leaf_bit_for_bit(make_tx):
+    # On one leaf XLA multiplies by the reciprocals of the bias corrections, as
+    # the kernel does; on a tree of several it divides by them, so the chain
+    # leaf by leaf is the one to match to the last bit.
+    tx = make_tx()
+    params = make_tree()
+    a = b = (params, tx.init(params))
+    by_step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
+    assert "adamx_adam_step" in by_step.lower(*a, params).as_text()
+    for i in range(4):
+        grads = grads_at(b[0], i)
+        a = by_step(*a, grads)
+        b = leaf_by_leaf_step(tx)(*b, grads)
+        assert_bitwise_equal(a, b)
+
+
+@needs_kernel
+def test_the_step_exported_for_a_gpu_has_no_cpu_kernel():
+    tx = adamx.adam(1e-2, state_bits=8)
+    params = make_tree()
+    step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
+    exported = jax.export.export(step, platforms=["cuda"])(
+        params, tx.init(params), params
+    )
+    module = exported.mlir_module()
+    assert "adamx_adam" not in module
+    # The chain's square roots, one per leaf with moments.
+    assert module.count("stablehlo.sqrt") >= 4
