@@ -33,6 +33,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -419,15 +420,71 @@ void EncodeBlock(const EncodeTables& t, const Encoder& e, const float* x, float 
 }
 
 
+// A map's 256 values; with AVX-512 VBMI also as four byte planes (plane k
+// holds byte k of every value, little-endian) for decoding by byte permutes.
+struct ValueTable {
+  const float* values;
+  alignas(64) uint8_t planes[4][256];
+};
+
+ValueTable MakeValueTable(const float* values) {
+  ValueTable t;
+  t.values = values;
+  for (int e = 0; e < 256; ++e) {
+    uint32_t bits;
+    std::memcpy(&bits, values + e, sizeof bits);
+    for (int k = 0; k < 4; ++k) t.planes[k][e] = static_cast<uint8_t>(bits >> (8 * k));
+  }
+  return t;
+}
+
 // A block's values of its codes: table[codes[j]] for j < kBlock.
-void DecodeBlock(const float* __restrict table, const uint8_t* __restrict codes,
+void DecodeBlock(const ValueTable& table, const uint8_t* __restrict codes,
                  float* __restrict out) {
-#if defined(__AVX512F__)
+#if defined(__AVX512VBMI__)
+  // Per 64 codes: each plane's byte by two 128-entry byte permutes and a
+  // select on bit 7, then the planes interleaved into floats by unpacks. The
+  // unpacks work within 128-bit lanes: result r's lane L holds elements
+  // 16L + 4r .. + 3 of their input, so the codes go in permuted for each
+  // result to hold 16 consecutive elements.
+  __m512i planes[4][4];
+  for (int k = 0; k < 4; ++k) {
+    for (int r = 0; r < 4; ++r) {
+      planes[k][r] = _mm512_load_si512(table.planes[k] + 64 * r);
+    }
+  }
+  alignas(64) uint8_t order_bytes[64];
+  for (int lane = 0; lane < 4; ++lane) {
+    for (int r = 0; r < 4; ++r) {
+      for (int q = 0; q < 4; ++q) order_bytes[16 * lane + 4 * r + q] = 16 * r + 4 * lane + q;
+    }
+  }
+  const __m512i order = _mm512_load_si512(order_bytes);
+  for (int j = 0; j < kBlock; j += 64) {
+    const __m512i c = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes + j));
+    const __mmask64 high = _mm512_movepi8_mask(c);
+    __m512i b[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m512i lo = _mm512_permutex2var_epi8(planes[k][0], c, planes[k][1]);
+      const __m512i hi = _mm512_permutex2var_epi8(planes[k][2], c, planes[k][3]);
+      b[k] = _mm512_mask_blend_epi8(high, lo, hi);
+    }
+    const __m512i w01_lo = _mm512_unpacklo_epi8(b[0], b[1]);
+    const __m512i w01_hi = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i w23_lo = _mm512_unpacklo_epi8(b[2], b[3]);
+    const __m512i w23_hi = _mm512_unpackhi_epi8(b[2], b[3]);
+    _mm512_storeu_si512(out + j, _mm512_unpacklo_epi16(w01_lo, w23_lo));
+    _mm512_storeu_si512(out + j + 16, _mm512_unpackhi_epi16(w01_lo, w23_lo));
+    _mm512_storeu_si512(out + j + 32, _mm512_unpacklo_epi16(w01_hi, w23_hi));
+    _mm512_storeu_si512(out + j + 48, _mm512_unpackhi_epi16(w01_hi, w23_hi));
+  }
+#elif defined(__AVX512F__)
   // The 256 values in 16 registers; a value is picked by permutes within
   // each pair of registers (the code's low 5 bits), then by selects on bits
   // 5, 6 and 7: gathers from memory took a third longer over the whole step.
+  const float* __restrict values = table.values;
   __m512 t[16];
-  for (int r = 0; r < 16; ++r) t[r] = _mm512_loadu_ps(table + 16 * r);
+  for (int r = 0; r < 16; ++r) t[r] = _mm512_loadu_ps(values + 16 * r);
   for (int j = 0; j < kBlock; j += 16) {
     const __m512i c = _mm512_cvtepu8_epi32(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + j)));
@@ -442,7 +499,8 @@ void DecodeBlock(const float* __restrict table, const uint8_t* __restrict codes,
     _mm512_storeu_ps(out + j, pick[0]);
   }
 #else
-  for (int j = 0; j < kBlock; ++j) out[j] = table[codes[j]];
+  const float* __restrict values = table.values;
+  for (int j = 0; j < kBlock; ++j) out[j] = values[codes[j]];
 #endif
 }
 
@@ -457,8 +515,8 @@ struct Leaf8 {
 };
 
 struct Maps8 {
-  const float* m_values;  // 256 floats: the value of each code
-  const float* v_values;
+  ValueTable m_values;  // the value of each code
+  ValueTable v_values;
   Encoder m_map, v_map;
   EncodeTables m_tables, v_tables;
 };
@@ -551,7 +609,8 @@ ffi::Error Adam8bitStepImpl(ffi::ThreadPool pool, Vector scalars, Table values,
     }
   }
   const Hyper h = ReadHyper(scalars.typed_data(), decay);
-  Maps8 maps{values.typed_data(), values.typed_data() + 256, {}, {}};
+  Maps8 maps{MakeValueTable(values.typed_data()),
+             MakeValueTable(values.typed_data() + 256), {}, {}, {}, {}};
   std::copy(encoders.typed_data(), encoders.typed_data() + kEncoderFloats,
             reinterpret_cast<float*>(&maps.m_map));
   std::copy(encoders.typed_data() + kEncoderFloats,
