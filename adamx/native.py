@@ -63,9 +63,9 @@ _BLOCK = 256  # the 8-bit kernel's block size
 # (one call for 400 leaves of 500: 4.0 s, 200: 0.73 s, 100: 0.19 s), and its
 # fusion pass spends time per operand in proportion to the call's operands:
 # a training step over 1000 leaves of 16 floats compiles in 3.7 s in calls of
-# 64 and 3.4 s in calls of 32 or 16. Calls of 16 ran the 8-bit step on 200
-# leaves of 80,000 7% slower than calls of 64 (each call waits for its last
-# chunk); calls of 32 as fast.
+# 64, 3.4 s in calls of 32 and 3.6 s in calls of 16. Calls of 16 ran the 8-bit
+# step on 200 leaves of 80,000 8% slower than calls of 64 (each call waits for
+# its last chunk), calls of 32 3% slower.
 _LEAVES_PER_CALL = 32
 # Contraction into fused multiply-adds as XLA's CPU backend contracts, so that the
 # results are the chain's bit for bit. -fno-math-errno (sqrt) and

@@ -10,18 +10,19 @@
 // where XLA makes four (maxima, two encodings, update), each decoding anew.
 //
 // With AVX-512 the 8-bit step decodes by permutes over the code values held
-// in registers and encodes with a table per binade instead of six threshold
+// in registers (byte permutes over four byte planes with VBMI, float permutes
+// without) and encodes with a table per binade instead of six threshold
 // comparisons (EncodeTables); elsewhere portable loops compute the same codes.
 //
-// Each handler takes many leaves in one call (native.py sends up to 64) and
+// Each handler takes many leaves in one call (native.py sends up to 32) and
 // shares their work out between threads as one range: a call per leaf would
 // wake the threads once per leaf and leave them unevenly loaded on each.
 //
 // The arithmetic is adamx's chain, operation for operation as XLA's CPU
-// compiler emits it on a flat buffer, where the results are the jitted chain's
+// compiler emits it on one buffer, where the results are the jitted chain's
 // bit for bit: the scalars arrive computed by JAX, a scalar divisor is a
 // product with its reciprocal, and a * b + c contracts into a fused
-// multiply-add. (On a tree XLA may order a division differently: an ulp or two.)
+// multiply-add. (On a tree of several leaves XLA divides: an ulp or two.)
 //
 // Built by adamx/native.py with g++ on first use.
 
