@@ -597,7 +597,7 @@ def leaf_by_leaf_step(tx):
 
 
 @needs_kernel
-@pytest.mark.parametrize("bits", [32, 8])
+@pytest.mark.parametrize("platform, bits", [("cpu", 32), ("other", 32), ("other", 8)])
 @pytest.mark.parametrize(
     "make_tx",
     [
@@ -610,48 +610,25 @@ def leaf_by_leaf_step(tx):
     ],
     ids=["adam", "adamw, schedules"],
 )
-def test_the_step_other_platforms_run_is_the_chain_leaf_by_leaf(
-    make_tx, bits, monkeypatch
+def test_step_is_the_chain_leaf_by_leaf_bit_for_bit(
+    make_tx, platform, bits, monkeypatch
 ):
-    # Other platforms run platform_dependent's default branch: made the only
-    # branch here, it runs on CPU and must give the chain's every bit, leaf
-    # by leaf.
-    monkeypatch.setattr(
-        jax.lax, "platform_dependent", lambda *args, cpu, default: default(*args)
-    )
+    # On one leaf XLA multiplies by the reciprocals of the bias corrections, as
+    # the float32 kernel does; on a tree of several it divides by them, so the
+    # chain leaf by leaf is the one to match to the last bit: by the kernel on
+    # CPU, and by what other platforms run (platform_dependent's default
+    # branch, made the only one here so that it runs on CPU). The 8-bit kernel
+    # may round a moment at a midpoint the other way (tested above).
+    if platform == "other":
+        monkeypatch.setattr(
+            jax.lax, "platform_dependent", lambda *args, cpu, default: default(*args)
+        )
     tx = make_tx(bits)
     params = make_tree()
     a = b = (params, tx.init(params))
     by_step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
-    assert "custom_call" not in by_step.lower(*a, params).as_text()
-    for i in range(4):
-        grads = grads_at(b[0], i)
-        a = by_step(*a, grads)
-        b = leaf_by_leaf_step(tx)(*b, grads)
-        assert_bitwise_equal(a, b)
-
-
-@needs_kernel
-@pytest.mark.parametrize(
-    "make_tx",
-    [
-        lambda: adamx.adam(2e-2),
-        lambda: adamx.adamw(
-            adamx.cosine_decay_schedule(3e-2, 10),
-            weight_decay=lambda count: 0.1 / (1.0 + count),
-        ),
-    ],
-    ids=["adam", "adamw, schedules"],
-)
-def test_float32_kernel_on_a_tree_is_the_chain_leaf_by_leaf_bit_for_bit(make_tx):
-    # On one leaf XLA multiplies by the reciprocals of the bias corrections, as
-    # the kernel does; on a tree of several it divides by them, so the chain
-    # leaf by leaf is the one to match to the last bit.
-    tx = make_tx()
-    params = make_tree()
-    a = b = (params, tx.init(params))
-    by_step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
-    assert "adamx_adam_step" in by_step.lower(*a, params).as_text()
+    hlo = by_step.lower(*a, params).as_text()
+    assert ("adamx_adam_step" in hlo) == (platform == "cpu")
     for i in range(4):
         grads = grads_at(b[0], i)
         a = by_step(*a, grads)
