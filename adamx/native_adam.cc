@@ -420,7 +420,6 @@ void EncodeBlock(const EncodeTables& t, const Encoder& e, const float* x, float 
   for (int j = 0; j < kBlock; ++j) codes[j] = static_cast<uint8_t>(wide[j]);
 }
 
-
 // A map's 256 values; with AVX-512 VBMI also as four byte planes (plane k
 // holds byte k of every value, little-endian) for decoding by byte permutes.
 struct ValueTable {

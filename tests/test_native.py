@@ -514,9 +514,9 @@ def reduced_8bit_target(build):
 def test_8bit_kernel_built_without_avx512_paths_steps_to_the_same_bits(
     case, build, monkeypatch
 ):
-    # The AVX-512 paths (encoder tables, decoding by byte or float permutes)
-    # against the portable loops, over several steps so that old codes decode
-    # too.
+    # The fast build (encoder tables, decoding by byte permutes where the CPU
+    # has VBMI) against a build without VBMI (decoding by float permutes) and
+    # the portable loops, over several steps so that old codes decode too.
     if case == "edges":
         tx, params = adamx.adam(1.0, b1=0.0, b2=0.0, state_bits=8), edge_gradients(1)
     else:
