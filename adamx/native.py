@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
 
 from adamx import lowbit
 from adamx.base import (
@@ -60,13 +62,15 @@ _TARGET_32 = "adamx_adam_step"
 _TARGET_8 = "adamx_adam_8bit_step"
 _BLOCK = 256  # the 8-bit kernel's block size
 # Leaves per kernel call. XLA's compile time grows with a call's operands
-# (one call for 400 leaves of 500: 4.0 s, 200: 0.73 s, 100: 0.19 s), and its
-# fusion pass spends time per operand in proportion to the call's operands:
-# a training step over 1000 leaves of 16 floats compiles in 3.7 s in calls of
-# 64, 3.4 s in calls of 32 and 3.6 s in calls of 16. Calls of 16 ran the 8-bit
-# step on 200 leaves of 80,000 8% slower than calls of 64 (each call waits for
-# its last chunk), calls of 32 3% slower.
-_LEAVES_PER_CALL = 32
+# (one call for 400 leaves of 500: 4.0 s, 200: 0.73 s, 100: 0.19 s); its
+# fusion pass checks each operand against each of the call's in-place pairs.
+# A training step over 1000 leaves of 16 floats compiled in 3.2 s in calls of
+# 16, 3.35 s in calls of 24 and 3.5 s in calls of 32, and ran at the same
+# speed. The 8-bit kernel keeps calls of 32: in calls of 16 it ran on 200
+# leaves of 80,000 4% slower and on ResNet-50's 7% slower (each call waits for
+# its last chunk, and its chunks are dearer).
+_LEAVES_PER_CALL_32 = 16
+_LEAVES_PER_CALL_8 = 32
 # Contraction into fused multiply-adds as XLA's CPU backend contracts, so that the
 # results are the chain's bit for bit. -fno-math-errno (sqrt) and
 # -fno-trapping-math (selects over float comparisons) let loops vectorize and
@@ -231,14 +235,16 @@ def step(
     ``state_bits`` 32 or 8), on CPU, a native loop updates the params and
     both moments together, in place when the jitted step donates them: one
     pass over each buffer of a :class:`~adamx.FlatParams` (``fused=True``) or
-    each leaf of a tree, in calls of up to 32 leaves that share their work
-    out between threads. With 8-bit state it decodes, updates and encodes
-    each block of 256 in one pass. Leaves that are not float32, and every
-    other case (other optimizers, wrappers around these such as
-    :func:`~adamx.inject_hyperparams`, other platforms), run ``tx.update``
-    and :func:`~adamx.apply_updates`; for ``adam`` and ``adamw``, leaf by
-    leaf, so that XLA compiles only the leaves the loop does not update and
-    traces the chain once per kind of leaf rather than once per leaf.
+    each leaf of a tree, in calls of up to 16 leaves (32 with 8-bit state)
+    that share their work out between threads. With 8-bit state it decodes,
+    updates and encodes each block of 256 in one pass. Leaves that are not
+    float32, and every other case (other optimizers, wrappers around these
+    such as :func:`~adamx.inject_hyperparams`, other platforms, ``vmap``),
+    run ``tx.update`` and :func:`~adamx.apply_updates`; for ``adam`` and
+    ``adamw``, leaf by leaf, so that XLA compiles only the leaves the loop
+    does not update and traces the chain once per kind of leaf rather than
+    once per leaf. Which of the two runs is decided when the step is lowered
+    for its platform (a module exported for several platforms holds both).
 
     Each leaf's new values are the chain's on that leaf alone. The float32
     loop computes the formula in the order XLA's CPU compiler evaluates it on
@@ -249,7 +255,8 @@ def step(
     a midpoint between two codes may then take the other code.
 
     Params sharded over several devices: the results are right, but XLA
-    gathers each leaf for the kernel and returns it replicated. For sharded
+    gathers each leaf for the kernel and returns it replicated (with
+    ``Explicit`` mesh axes, sharded again as the params were). For sharded
     params use ``tx.update`` and ``apply_updates``, or
     :func:`~adamx.sharded` for sharded state.
 
@@ -306,24 +313,22 @@ def step(
     def chain_leaves(part: list[tuple]) -> list[tuple]:
         return [chain_leaf(leaf, others) for leaf in part]
 
-    # Leaves no kernel takes run the chain. Only the platform's branch below
-    # is lowered: on CPU, XLA never sees the chain's kernels for the leaves the
-    # native kernels take, which would cost compile time for nothing.
+    # Leaves no kernel takes run the chain; the others, one primitive that
+    # each platform lowers its own way.
     rest = [i for i, kernel in enumerate(kernels) if kernel is None]
     native_kernels = {i: k for i, k in enumerate(kernels) if k is not None}
     done = list(native_kernels)
     rest_new = chain_leaves([leaves[i] for i in rest])
     scalars, decay = _scalars(spec, new_state[0].count, new_state[-1], opt_state)
-    native = functools.partial(
-        _native_leaves, list(native_kernels.values()), decay=decay
-    )
-    done_new = jax.lax.platform_dependent(
+    done_new = _in_place(
         [leaves[i] for i in done],
+        others,
         scalars,
-        cpu=native,
-        default=lambda part, scalars: chain_leaves(part),
+        kernels=tuple(native_kernels.values()),
+        decay=decay,
+        chain_leaf=chain_leaf,
     )
-    new = [None] * len(leaves)
+    new: list[Any] = [None] * len(leaves)
     for i, leaf in zip(rest + done, rest_new + list(done_new), strict=True):
         new[i] = leaf
     new_p, new_m, new_v = (
@@ -333,6 +338,96 @@ def step(
         mu=jax.tree.unflatten(m_def, new_m), nu=jax.tree.unflatten(m_def, new_v)
     )
     return jax.tree.unflatten(p_def, new_p), (new_adam, *new_state[1:])
+
+
+def _in_place(
+    leaves: list[tuple],
+    others: OptState,
+    scalars: jax.Array,
+    *,
+    kernels: tuple[Callable, ...],
+    decay: bool,
+    chain_leaf: Callable,
+) -> list[tuple]:
+    """The leaves' new params and moments: by the kernels on CPU, else the chain.
+
+    A primitive rather than ``lax.platform_dependent``: JAX traces neither
+    way at trace time and lowers only the platform's way (both, for a module
+    exported for several platforms), with no conditional around thousands of
+    results for XLA to take apart. On 1000 leaves that halves the step's
+    tracing and lowering.
+    """
+    if not leaves:
+        return []
+    flat, in_def = jax.tree.flatten((leaves, others, scalars))
+    # Where each leaf's params and moments sit among the operands: the results
+    # have their types.
+    out_index: list[int] = []
+    start = 0
+    for leaf in leaves:
+        sizes = [len(jax.tree.leaves(x)) for x in leaf]
+        out_index += range(start + sizes[0], start + sum(sizes))
+        start += sum(sizes)
+    out = _in_place_p.bind(
+        *map(jnp.asarray, flat),
+        in_def=in_def,
+        out_index=tuple(out_index),
+        kernels=kernels,
+        decay=decay,
+        chain_leaf=chain_leaf,
+    )
+    out_def = jax.tree.structure([leaf[1:] for leaf in leaves])
+    return jax.tree.unflatten(out_def, out)
+
+
+def _in_place_abstract(*avals: Any, out_index: tuple[int, ...], **_: Any) -> list:
+    return [avals[i].update(weak_type=False) for i in out_index]
+
+
+def _in_place_run(
+    *flat: Any,
+    by_kernels: bool,
+    in_def: Any,
+    kernels: tuple,
+    decay: bool,
+    chain_leaf: Callable,
+    **_: Any,
+) -> list:
+    leaves, others, scalars = jax.tree.unflatten(in_def, flat)
+    if by_kernels:
+        new = _native_leaves(list(kernels), leaves, scalars, decay=decay)
+    else:
+        new = [chain_leaf(leaf, others) for leaf in leaves]
+    return jax.tree.leaves(new)
+
+
+def _in_place_lowering(by_kernels: bool) -> Callable:
+    def lower(ctx: Any, *args: Any, **params: Any) -> Any:
+        run = functools.partial(_in_place_run, by_kernels=by_kernels, **params)
+        return mlir.lower_fun(run, multiple_results=True)(ctx, *args)
+
+    return lower
+
+
+def _in_place_eager(*flat: Any, **params: Any) -> Any:
+    return jax.jit(functools.partial(_in_place_p.bind, **params))(*flat)
+
+
+def _in_place_batched(args: tuple, dims: tuple, **params: Any) -> tuple:
+    # Under vmap (an ensemble of models, say) the kernels have no batched
+    # form: the chain runs, as on other platforms.
+    run = functools.partial(_in_place_run, by_kernels=False, **params)
+    out = jax.vmap(run, in_axes=dims)(*args)
+    return out, [0] * len(out)
+
+
+_in_place_p = Primitive("adamx_in_place_step")
+_in_place_p.multiple_results = True
+_in_place_p.def_abstract_eval(_in_place_abstract)
+_in_place_p.def_impl(_in_place_eager)
+mlir.register_lowering(_in_place_p, _in_place_lowering(True), platform="cpu")
+mlir.register_lowering(_in_place_p, _in_place_lowering(False))
+batching.primitive_batchers[_in_place_p] = _in_place_batched
 
 
 def _kernel_for(g: Any, p: Any, m: Any, v: Any) -> Callable | None:
@@ -355,10 +450,13 @@ def _native_leaves(
     # A call per kernel for many leaves at once, which it shares out between
     # threads as one range of work; in groups, because XLA's compile time grows
     # faster than the operands of one call.
-    for kernel in (_adam_32bit, _adam_8bit):
+    for kernel, per_call in (
+        (_adam_32bit, _LEAVES_PER_CALL_32),
+        (_adam_8bit, _LEAVES_PER_CALL_8),
+    ):
         indices = [i for i, k in enumerate(kernels) if k is kernel]
-        for start in range(0, len(indices), _LEAVES_PER_CALL):
-            group = indices[start : start + _LEAVES_PER_CALL]
+        for start in range(0, len(indices), per_call):
+            group = indices[start : start + per_call]
             results = kernel([leaves[i] for i in group], scalars, decay)
             for i, leaf in zip(group, results, strict=True):
                 new[i] = leaf

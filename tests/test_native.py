@@ -1,5 +1,6 @@
 """Tests of adamx/native.py: the in-place step and its native CPU kernel."""
 
+import contextlib
 import ctypes
 import functools
 import re
@@ -387,12 +388,15 @@ def test_8bit_native_step_is_the_block_wise_algorithm():
 
 
 @needs_kernel
-def test_native_step_on_sharded_params_gives_the_chains_numbers():
-    from jax.sharding import Mesh, NamedSharding
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_native_step_on_sharded_params_gives_the_chains_numbers(axis_type):
+    from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    # Documented: right numbers, though XLA gathers each leaf for the kernel.
-    mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
+    # Documented: right numbers, though XLA gathers each leaf for the kernel;
+    # Explicit axes are part of the params' type, so the step keeps them.
+    explicit = axis_type == "Explicit"
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(getattr(AxisType, axis_type),))
     rng = np.random.default_rng(3)
     params = {
         "w": jnp.asarray(rng.normal(size=(512, 256)), jnp.float32),  # 8-bit
@@ -403,14 +407,18 @@ def test_native_step_on_sharded_params_gives_the_chains_numbers():
         tx = adamx.adam(1e-2, state_bits=bits)
         state = tx.init(params)
         grads = grads_at(params, 0)
-        got = jax.jit(lambda p, s, g, tx=tx: adamx.step(tx, g, s, p))(
-            params, state, grads
-        )
-        want = chain_step(tx)(params, state, grads)
+        with jax.set_mesh(mesh) if explicit else contextlib.nullcontext():
+            got = jax.jit(lambda p, s, g, tx=tx: adamx.step(tx, g, s, p))(
+                params, state, grads
+            )
+            want = chain_step(tx)(params, state, grads)
         for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(
                 np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7
             )
+        if explicit:
+            for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                assert x.sharding.spec == y.sharding.spec, (x.sharding, y.sharding)
 
 
 @needs_kernel
@@ -556,7 +564,8 @@ def test_leaves_split_between_calls_give_the_same_step(bits, monkeypatch):
         return adamx.step(tx, g, s, p)
 
     whole = jax.jit(step).lower(params, state, grads)
-    monkeypatch.setattr(native, "_LEAVES_PER_CALL", 2)
+    monkeypatch.setattr(native, "_LEAVES_PER_CALL_32", 2)
+    monkeypatch.setattr(native, "_LEAVES_PER_CALL_8", 2)
     # A function of its own: a second jit of `step` would reuse its trace.
     split = jax.jit(lambda p, s, g: step(p, s, g)).lower(params, state, grads)
     # float32 state: five leaves in calls of 2, 2, 1; 8 bits: four quantized
@@ -610,30 +619,57 @@ def leaf_by_leaf_step(tx):
     ],
     ids=["adam", "adamw, schedules"],
 )
-def test_step_is_the_chain_leaf_by_leaf_bit_for_bit(
-    make_tx, platform, bits, monkeypatch
-):
+def test_step_is_the_chain_leaf_by_leaf_bit_for_bit(make_tx, platform, bits):
     # On one leaf XLA multiplies by the reciprocals of the bias corrections, as
     # the float32 kernel does; on a tree of several it divides by them, so the
     # chain leaf by leaf is the one to match to the last bit: by the kernel on
-    # CPU, and by what other platforms run (platform_dependent's default
-    # branch, made the only one here so that it runs on CPU). The 8-bit kernel
-    # may round a moment at a midpoint the other way (tested above).
-    if platform == "other":
-        monkeypatch.setattr(
-            jax.lax, "platform_dependent", lambda *args, cpu, default: default(*args)
-        )
+    # CPU, and by what other platforms run (the step exported for CUDA, run
+    # here on CPU). The 8-bit kernel may round a moment at a midpoint the
+    # other way (tested above).
     tx = make_tx(bits)
     params = make_tree()
     a = b = (params, tx.init(params))
     by_step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
-    hlo = by_step.lower(*a, params).as_text()
-    assert ("adamx_adam_step" in hlo) == (platform == "cpu")
+    if platform == "cpu":
+        hlo = by_step.lower(*a, params).as_text()
+    else:
+        exported = jax.export.export(
+            by_step,
+            platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.platform()],
+        )(*a, params)
+        hlo = exported.mlir_module()
+        by_step = exported.call
+    assert ("adamx_adam" in hlo) == (platform == "cpu")
     for i in range(4):
         grads = grads_at(b[0], i)
         a = by_step(*a, grads)
         b = leaf_by_leaf_step(tx)(*b, grads)
         assert_bitwise_equal(a, b)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [32, 8])
+def test_step_under_vmap_runs_the_chain_for_each_member(bits):
+    # An ensemble: three members' params, state and gradients stacked.
+    tx = adamx.adam(1e-2, state_bits=bits)
+    members = [make_tree(seed) for seed in range(3)]
+    members = [{k: v for k, v in m.items() if k != "empty"} for m in members]
+    states = [tx.init(m) for m in members]
+    grads = [grads_at(m, i) for i, m in enumerate(members)]
+    stack = functools.partial(jax.tree.map, lambda *xs: jnp.stack(xs))
+    step = jax.jit(jax.vmap(lambda p, s, g: adamx.step(tx, g, s, p)))
+    got = step(stack(*members), stack(*states), stack(*grads))
+    for i in range(3):
+        want = chain_step(tx)(members[i], states[i], grads[i])
+        member = jax.tree.map(lambda x, i=i: x[i], got)
+        for x, y in zip(jax.tree.leaves(member), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(
+                np.asarray(x, np.float32),
+                np.asarray(y, np.float32),
+                rtol=1e-6,
+                atol=1e-7,
+            )
 
 
 @needs_kernel
