@@ -57,14 +57,23 @@ def test_resnet50_shapes_have_the_published_parameter_count():
     assert n == 25_557_032  # torchvision's ResNet-50, batch-norm statistics excluded
 
 
-@pytest.mark.parametrize("tree", ["same", "ten", "distinct", "resnet50"])
-def test_compile_benchmark_runs(tmp_path, tree):
+@pytest.mark.parametrize(
+    "tree, in_process",
+    [
+        ("same", False),
+        ("same", True),
+        ("ten", False),
+        ("distinct", False),
+        ("resnet50", True),
+    ],
+)
+def test_compile_benchmark_runs(tmp_path, tree, in_process):
     out = tmp_path / "compile.json"
-    load("compile").main(
-        ["--tree", tree, "--leaves", "5", "--reps", "1", "--json", str(out)]
-    )
+    argv = ["--tree", tree, "--leaves", "5", "--reps", "1", "--json", str(out)]
+    load("compile").main(argv + ["--in-process"] * in_process)
     report = json.loads(out.read_text())
     assert report["tree"] == tree
+    assert report["isolated"] == (not in_process)
     rows = report["results"]["5"]
     assert set(rows) == {"optax.adam", "adamx.adam", "adamx.adam flat", "adamx.step"}
     assert rows["optax.adam"]["ratio_to_optax"] == 1.0
@@ -73,6 +82,11 @@ def test_compile_benchmark_runs(tmp_path, tree):
         assert all(t > 0 for t in phases)
         # One repetition: the medians are that run's, so the phases add up.
         assert sum(phases) == pytest.approx(row["s"], rel=1e-9)
+
+
+def test_compile_benchmark_reports_a_failed_compilation():
+    with pytest.raises(RuntimeError, match="no-such-step on 5 leaves failed"):
+        load("compile").isolated_seconds("same", 5, "no-such-step")
 
 
 def test_compile_benchmark_trees():
