@@ -310,15 +310,12 @@ def step(
         updates, state = tx.update([g], state, [p])
         return apply_updates([p], updates)[0], state[0].mu[0], state[0].nu[0]
 
-    def chain_leaves(part: list[tuple]) -> list[tuple]:
-        return [chain_leaf(leaf, others) for leaf in part]
-
     # Leaves no kernel takes run the chain; the others, one primitive that
     # each platform lowers its own way.
     rest = [i for i, kernel in enumerate(kernels) if kernel is None]
     native_kernels = {i: k for i, k in enumerate(kernels) if k is not None}
     done = list(native_kernels)
-    rest_new = chain_leaves([leaves[i] for i in rest])
+    rest_new = [chain_leaf(leaves[i], others) for i in rest]
     scalars, decay = _scalars(spec, new_state[0].count, new_state[-1], opt_state)
     done_new = _in_place(
         [leaves[i] for i in done],
