@@ -640,6 +640,8 @@ def test_step_is_the_chain_leaf_by_leaf_bit_for_bit(make_tx, platform, bits):
         )(*a, params)
         hlo = exported.mlir_module()
         by_step = exported.call
+        # The chain's square roots, one per leaf with moments.
+        assert hlo.count("stablehlo.sqrt") >= 4
     assert ("adamx_adam" in hlo) == (platform == "cpu")
     for i in range(4):
         grads = grads_at(b[0], i)
@@ -670,17 +672,3 @@ def test_step_under_vmap_runs_the_chain_for_each_member(bits):
                 rtol=1e-6,
                 atol=1e-7,
             )
-
-
-@needs_kernel
-def test_the_step_exported_for_a_gpu_has_no_cpu_kernel():
-    tx = adamx.adam(1e-2, state_bits=8)
-    params = make_tree()
-    step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p))
-    exported = jax.export.export(step, platforms=["cuda"])(
-        params, tx.init(params), params
-    )
-    module = exported.mlir_module()
-    assert "adamx_adam" not in module
-    # The chain's square roots, one per leaf with moments.
-    assert module.count("stablehlo.sqrt") >= 4
