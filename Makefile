@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Two workers: the suite is sized for a 2-core machine.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint typecheck docs docs-serve format clean
+.PHONY: setup demo test test-internals lint typecheck docs docs-serve format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ docs-serve: setup
 
 test: lint typecheck docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+
+# The benchmark programs on tiny sizes and checks of what XLA compiles: CI runs
+# them as a step of their own.
+test-internals: setup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m internals tests
 
 format: setup
 	$(BIN)/ruff format adamx tests examples benchmarks docs

@@ -6,6 +6,23 @@ Optax transformations mix freely.
 """
 
 from adamx import checkpoint
+from adamx.adaptive import (
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByBeliefState,
+    ScaleByLionState,
+    ScaleByRmsState,
+    ScaleByStddevState,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_adopt,
+    scale_by_amsgrad,
+    scale_by_belief,
+    scale_by_lion,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_stddev,
+)
 from adamx.base import (
     ArrayTree,
     EmptyState,
@@ -16,10 +33,8 @@ from adamx.base import (
     Schedule,
     Updates,
     apply_updates,
-    elementwise,
     identity,
     init_empty_state,
-    is_elementwise,
     set_to_zero,
     tree_zeros_like,
 )
@@ -32,16 +47,11 @@ from adamx.combine import (
     named_chain,
     partition,
 )
-from adamx.fused import FlatParams, fused, ravel
-from adamx.lowbit import (
-    KahanSummationState,
-    QuantizedArray,
-    StochasticRoundingState,
-    kahan_summation,
-    state_nbytes,
-    stochastic_rounding,
-)
-from adamx.native import native_available, step
+from adamx.flat import FlatParams, ravel
+from adamx.inplace import step
+from adamx.lowbit import QuantizedArray, state_nbytes
+from adamx.moments import bias_correction
+from adamx.native import native_available
 from adamx.optimizers import (
     adabelief,
     adafactor,
@@ -49,6 +59,7 @@ from adamx.optimizers import (
     adamax,
     adamaxw,
     adamw,
+    adopt,
     amsgrad,
     lamb,
     lion,
@@ -57,6 +68,12 @@ from adamx.optimizers import (
     radam,
     rmsprop,
     sgd,
+)
+from adamx.precision import (
+    KahanSummationState,
+    StochasticRoundingState,
+    kahan_summation,
+    stochastic_rounding,
 )
 from adamx.schedules import (
     constant_schedule,
@@ -74,39 +91,25 @@ from adamx.schedules import (
     warmup_cosine_decay_schedule,
 )
 from adamx.sharding import bytes_per_device, sharded, state_shardings, zero_spec
+from adamx.traits import Stage, Traits, traits_of
 from adamx.transforms import (
     AddDecayedWeightsState,
     EmaState,
     FactoredState,
-    ScaleByAdamState,
-    ScaleByAmsgradState,
-    ScaleByBeliefState,
     ScaleByLearningRateState,
-    ScaleByLionState,
-    ScaleByRmsState,
     ScaleByScheduleState,
-    ScaleByStddevState,
     TraceState,
     add_decayed_weights,
-    bias_correction,
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
     ema,
     global_norm,
     scale,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_amsgrad,
-    scale_by_belief,
     scale_by_factored_rms,
     scale_by_learning_rate,
-    scale_by_lion,
     scale_by_param_block_rms,
-    scale_by_radam,
-    scale_by_rms,
     scale_by_schedule,
-    scale_by_stddev,
     scale_by_trust_ratio,
     trace,
 )
@@ -159,8 +162,10 @@ __all__ = [
     "ScaleByScheduleState",
     "ScaleByStddevState",
     "Schedule",
+    "Stage",
     "StochasticRoundingState",
     "TraceState",
+    "Traits",
     "Updates",
     "adabelief",
     "adafactor",
@@ -169,6 +174,7 @@ __all__ = [
     "adamaxw",
     "adamw",
     "add_decayed_weights",
+    "adopt",
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
@@ -183,16 +189,13 @@ __all__ = [
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
     "dynamic_loss_scaling",
-    "elementwise",
     "ema",
     "exponential_decay",
-    "fused",
     "get_learning_rate",
     "global_norm",
     "identity",
     "init_empty_state",
     "inject_hyperparams",
-    "is_elementwise",
     "join_schedules",
     "kahan_summation",
     "lamb",
@@ -216,6 +219,7 @@ __all__ = [
     "scale",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_factored_rms",
@@ -237,6 +241,7 @@ __all__ = [
     "step",
     "stochastic_rounding",
     "trace",
+    "traits_of",
     "tree_zeros_like",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adamx.traits import Traits
+
 __all__ = [
     "ArrayTree",
     "EmptyState",
@@ -30,9 +32,7 @@ __all__ = [
     "ScalarOrSchedule",
     "Updates",
     "apply_updates",
-    "elementwise",
     "identity",
-    "is_elementwise",
     "init_empty_state",
     "set_to_zero",
     "tree_zeros_like",
@@ -62,19 +62,34 @@ class TransformUpdateFn(Protocol):
     ) -> tuple[Updates, OptState]: ...
 
 
-class GradientTransformation(NamedTuple):
+class _InitUpdate(NamedTuple):
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class GradientTransformation(_InitUpdate):
     """A pair of pure functions ``(init, update)`` that transform gradients.
 
     ``init(params)`` builds the state; ``update(updates, state, params=None,
     **extra_args)`` returns ``(new_updates, new_state)``. Both are pure, so they
     compile under ``jax.jit`` and run under ``pmap``/``shard_map``.
 
+    It is a ``NamedTuple`` of those two fields, as Optax's is, so Optax and Flax
+    accept it and unpack it as they do their own. What the transformation
+    declares about itself (:class:`~adamx.Traits`: element-wise or per leaf,
+    its stages for the in-place kernels, its state layout) rides beside the two
+    fields, in ``traits``. A per-leaf transformation (``elementwise=False``)
+    refuses a :class:`~adamx.FlatParams` in ``init``.
+
     Args:
         init: ``params -> state``.
         update: ``(updates, state, params=None, **extra_args) -> (updates, state)``.
+        traits: what it declares; ``None`` declares nothing.
+        derived: the traits are derived from parts that declare their own
+            (a chain, a wrapper), so the parts refuse a flat layout themselves.
 
     Returns:
-        The transformation, a ``NamedTuple`` that Optax and Flax accept as is.
+        The transformation.
 
     Example:
         >>> import jax.numpy as jnp
@@ -87,8 +102,54 @@ class GradientTransformation(NamedTuple):
         Array([1., 1.], dtype=float32)
     """
 
-    init: TransformInitFn
-    update: TransformUpdateFn
+    traits: Traits
+
+    def __new__(
+        cls,
+        init: TransformInitFn,
+        update: TransformUpdateFn,
+        traits: Traits | None = None,
+        *,
+        derived: bool = False,
+    ) -> GradientTransformation:
+        traits = Traits() if traits is None else traits
+        # A combination whose traits come from its parts (derived) leaves the
+        # refusal to the part that works leaf by leaf, which names itself.
+        if traits.elementwise is False and not derived:
+            init = _refusing_flat_params(init, _name(update, traits))
+        self = super().__new__(cls, init, update)
+        self.traits = traits
+        return self
+
+
+def _name(update: TransformUpdateFn, traits: Traits) -> str:
+    """The factory that built a transformation, for messages."""
+    if traits.stages is not None and len(traits.stages) == 1:
+        return traits.stages[0].name
+    qualname = getattr(update, "__qualname__", "this transformation")
+    return qualname.split(".<locals>")[0]
+
+
+def _refusing_flat_params(init: TransformInitFn, name: str) -> TransformInitFn:
+    """``init``, refusing a flat layout: a per-leaf transformation's guard."""
+
+    @functools.wraps(init)
+    def init_fn(params: Params) -> OptState:
+        # Imported here: the flat layout is built on this module.
+        from adamx.flat import FlatParams
+
+        is_flat = lambda x: isinstance(x, FlatParams)  # noqa: E731
+        if any(map(is_flat, jax.tree.leaves(params, is_leaf=is_flat))):
+            raise TypeError(
+                f"{name} works leaf by leaf (per-leaf "
+                "norms, factored or block-quantized moments, or a mask), so it "
+                "cannot run on a FlatParams, whose buffers join the leaves: give "
+                "it the tree of params, or use an element-wise configuration "
+                "(state_bits 32 or 16, no mask)"
+            )
+        return init(params)
+
+    return init_fn
 
 
 class EmptyState(NamedTuple):
@@ -131,7 +192,9 @@ def identity() -> GradientTransformation:
         del params, extra_args
         return updates, state
 
-    return elementwise(GradientTransformation(init_empty_state, update_fn))
+    return GradientTransformation(
+        init_empty_state, update_fn, Traits(elementwise=True, stages=())
+    )
 
 
 def set_to_zero() -> GradientTransformation:
@@ -154,51 +217,13 @@ def set_to_zero() -> GradientTransformation:
         del params, extra_args
         return jax.tree.map(jnp.zeros_like, updates), state
 
-    return elementwise(GradientTransformation(init_empty_state, update_fn))
+    return GradientTransformation(init_empty_state, update_fn, ELEMENTWISE)
 
 
-_ELEMENTWISE = "__adamx_elementwise__"
-
-
-def elementwise(tx: GradientTransformation) -> GradientTransformation:
-    """Mark ``tx`` as acting element by element, apart from global reductions.
-
-    Such a transformation gives the same result on a tree and on the same
-    numbers laid out in one flat buffer, so :func:`adamx.fused` accepts it.
-    Per-leaf transformations (trust ratios, factored moments, masks) are not.
-
-    Args:
-        tx: a transformation whose ``update`` is a function defined for it.
-
-    Returns:
-        ``tx`` itself.
-
-    Example:
-        >>> import adamx
-        >>> adamx.is_elementwise(adamx.elementwise(adamx.identity()))
-        True
-    """
-    setattr(tx.update, _ELEMENTWISE, True)
-    return tx
-
-
-def is_elementwise(tx: Any) -> bool:
-    """Whether ``tx`` was marked with :func:`elementwise`.
-
-    Args:
-        tx: a transformation.
-
-    Returns:
-        True for adamx's element-wise transformations and chains of them.
-
-    Example:
-        >>> import adamx
-        >>> adamx.is_elementwise(adamx.adam(1e-3))
-        True
-        >>> adamx.is_elementwise(adamx.lamb(1e-3))
-        False
-    """
-    return bool(getattr(getattr(tx, "update", None), _ELEMENTWISE, False))
+#: The traits of a stage that acts element by element and no kernel takes.
+ELEMENTWISE = Traits(elementwise=True)
+#: The traits of a stage that works leaf by leaf.
+PER_LEAF = Traits(elementwise=False)
 
 
 def _is_none(x: Any) -> bool:
@@ -356,3 +381,34 @@ def is_concrete(x: Any) -> bool:
     if isinstance(x, jax.core.Tracer):
         return False
     return isinstance(x, (int, float, np.number, np.ndarray, jax.Array))
+
+
+def leafwise(fn: Callable[..., tuple], n_out: int, tree: Any, *others: Any) -> tuple:
+    """Apply ``fn`` leaf by leaf to ``tree`` and ``others``; unzip its outputs.
+
+    ``None`` and :class:`~adamx.MaskedNode` entries carry no leaves, so they pass
+    through untouched. ``others`` may hold a subtree (a quantized moment) where
+    ``tree`` has a leaf.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    other_leaves = [treedef.flatten_up_to(o) for o in others]
+    outs = [fn(*args) for args in zip(leaves, *other_leaves, strict=True)]
+    return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(n_out))
+
+
+def explicit_sharding(x: Any) -> Any:
+    """The sharding of ``x`` if it is split over explicit mesh axes, else None.
+
+    With explicit axes (the default of ``jax.make_mesh``) a sharding is part of
+    the type: reshapes and slices must say where their results live.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
+    if mesh is None or spec is None:
+        return None
+    types = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False))
+    used = [
+        a for e in spec if e is not None for a in (e if isinstance(e, tuple) else (e,))
+    ]
+    explicit = jax.sharding.AxisType.Explicit
+    return sharding if any(types.get(a) == explicit for a in used) else None

@@ -122,3 +122,19 @@ def check_float_dtype(name: str, dtype: Any) -> Any:
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"{name} must be a floating dtype, got {dtype!r}")
     return jax.dtypes.canonicalize_dtype(dt)
+
+
+def check_moment_dtype(name: str, dtype: Any) -> Any:
+    """Canonicalize an optional moment dtype: floating, or complex for complex
+    params; ``None`` stays ``None``."""
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(
+            f"{name} must be a floating or complex dtype, got {dtype!r}"
+        ) from e
+    if not jnp.issubdtype(dt, jnp.inexact):
+        raise TypeError(f"{name} must be a floating or complex dtype, got {dtype!r}")
+    return jax.dtypes.canonicalize_dtype(dt)

@@ -14,14 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from adamx.base import (
-    GradientTransformation,
-    OptState,
-    Params,
-    Updates,
-    elementwise,
-    is_elementwise,
-)
+from adamx.base import PER_LEAF, GradientTransformation, OptState, Params, Updates
+from adamx.traits import chained, traits_of
 
 __all__ = [
     "MaskedNode",
@@ -111,8 +105,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return updates, tuple(new_state)
 
-    tx = GradientTransformation(init_fn, update_fn)
-    return elementwise(tx) if all(map(is_elementwise, transforms)) else tx
+    # Its traits are its parts', each stage found under the part's index.
+    traits = chained([(i, traits_of(t)) for i, t in enumerate(transforms)])
+    return GradientTransformation(init_fn, update_fn, traits, derived=True)
 
 
 def named_chain(
@@ -164,9 +159,8 @@ def named_chain(
             )
         return updates, new_state
 
-    tx = GradientTransformation(init_fn, update_fn)
-    stages = [t for _, t in transforms]
-    return elementwise(tx) if all(map(is_elementwise, stages)) else tx
+    traits = chained([(name, traits_of(t)) for name, t in transforms])
+    return GradientTransformation(init_fn, update_fn, traits, derived=True)
 
 
 class MaskedNode(NamedTuple):
@@ -280,7 +274,7 @@ def masked(
         ]
         return treedef.unflatten(merged), MaskedState(inner_state=inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_fn, update_fn, PER_LEAF)
 
 
 class PartitionState(NamedTuple):
@@ -367,4 +361,4 @@ def partition(
             )
         return updates, PartitionState(new_states)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_fn, update_fn, PER_LEAF)

@@ -1,35 +1,19 @@
-r"""Low-precision optimizer state, and low-precision params that keep small updates.
+r"""Block-wise quantized arrays: the codes behind ``state_bits=8`` and ``4``.
 
-Adam keeps two moments per parameter: 8 bytes of state per float32 param. Two
-ways to cut that, and two to train bfloat16 params without losing the updates
-that are smaller than half their spacing:
+A moment is cut into blocks; each block keeps one float32
+:math:`a_b = \max_{i \in b} |x_i|` and one small integer code per element, the
+index of the nearest value of a fixed *code map* :math:`Q \subset [-1, 1]`:
 
-* **Block-wise quantized moments** (``state_bits=8`` or ``4`` on the Adam
-  family). A moment is cut into blocks; each block keeps one float32
-  :math:`a_b = \max_{i \in b} |x_i|` and one small integer code per element,
-  the index of the nearest value of a fixed *code map* :math:`Q \subset [-1, 1]`:
+.. math::
+    c_i = \operatorname*{arg\,min}_{k} \left| \frac{x_i}{a_b} - Q_k \right|,
+    \qquad \tilde x_i = a_b\, Q_{c_i}
 
-  .. math::
-      c_i = \operatorname*{arg\,min}_{k} \left| \frac{x_i}{a_b} - Q_k \right|,
-      \qquad \tilde x_i = a_b\, Q_{c_i}
-
-  With 8 bits (Dettmers et al., 2021, "8-bit Optimizers via Block-wise
-  Quantization"): blocks of 256, the *dynamic* map for both moments, signed for
-  :math:`m`, unsigned for :math:`v`. With 4 bits (Li et al., 2023, "Memory
-  Efficient Optimizers with 4-bit States"): blocks of 128, the signed dynamic
-  map of 16 codes for :math:`m`, and for :math:`v` the linear map without zero,
-  :math:`Q_k = (k + 1) / 16`, two codes packed in a byte. Each step
-  dequantizes, updates in float32 and quantizes again, inside the jitted step.
-  Tensors of fewer than :data:`MIN_QUANTIZED_SIZE` elements keep float32 state.
-* **bfloat16 moments** (``state_bits=16``).
-* :func:`kahan_summation` keeps, per bfloat16 param, the part of each update
-  that rounding lost, and adds it back at the next step.
-* :func:`stochastic_rounding` rounds the new params up or down at random, with
-  the probabilities that make the rounding exact in expectation.
-
-:func:`state_nbytes` counts the bytes a state holds; ``docs/memory.md`` has the
-bytes per param of each configuration and the measured cost in time and
-accuracy.
+With 8 bits (Dettmers et al., 2021): blocks of 256, the *dynamic* map for both
+moments, signed for :math:`m`, unsigned for :math:`v`. With 4 bits (Li et al.,
+2023): blocks of 128, the signed dynamic map of 16 codes for :math:`m`, and for
+:math:`v` the linear map without zero, :math:`Q_k = (k + 1) / 16`, two codes
+packed in a byte. A step dequantizes, updates in float32 and quantizes again,
+inside the jitted step (:func:`update_quantized`).
 
 The dynamic map stores a number as a sign bit, an exponent :math:`E` written as
 :math:`E` leading zero bits, an indicator bit set to one, and the remaining
@@ -42,6 +26,17 @@ so small numbers get a wide exponent and large ones a long fraction. The codes
 with no indicator bit stand for 0 and 1. This is bitsandbytes'
 ``create_dynamic_map``: the same values, assigned to the bit patterns as the
 paper's figure lays them out.
+
+Which moments are stored this way is :mod:`adamx.storage`'s decision;
+:func:`state_nbytes` counts the bytes a state holds, and ``docs/memory.md`` has
+what each configuration costs and saves.
+
+References:
+    Dettmers et al., 2021, "8-bit Optimizers via Block-wise Quantization",
+    https://arxiv.org/abs/2110.02861
+
+    Li et al., 2023, "Memory Efficient Optimizers with 4-bit States",
+    https://arxiv.org/abs/2309.01507
 """
 
 from __future__ import annotations
@@ -54,39 +49,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adamx.base import (
-    GradientTransformation,
-    Params,
-    elementwise,
-    is_elementwise,
-    require_params,
-    tree_zeros_like,
-    wider_dtype,
-)
-from adamx.combine import MaskedNode, call_update, check_transformation
+from adamx.base import explicit_sharding
 
 __all__ = [
     "BLOCK_SIZES",
-    "MIN_QUANTIZED_SIZE",
-    "KahanSummationState",
     "QuantizedArray",
     "QuantizedFormat",
-    "StochasticRoundingState",
+    "block_axes",
     "code_map",
     "dequantize",
-    "kahan_summation",
+    "is_quantized",
     "quantize",
     "state_nbytes",
-    "stochastic_round",
-    "stochastic_rounding",
+    "update_quantized",
+    "zeros",
 ]
 
-STATE_BITS = (32, 16, 8, 4)
 #: Elements per block for each quantized width.
 BLOCK_SIZES = {8: 256, 4: 128}
-#: Tensors with fewer elements keep float32 state: their codes would save
-#: little, and their absmax values would cost a larger share.
-MIN_QUANTIZED_SIZE = 4096
 
 # ------------------------------------------------------------------ code maps
 
@@ -594,26 +574,61 @@ def dequantize(q: QuantizedArray) -> jax.Array:
     return _from_blocks(blocks, fmt.shape, fmt.dtype)
 
 
-def _zeros(like: Any, dtype: Any, bits: int, signed: bool) -> QuantizedArray:
-    """The quantized zeros standing in for a moment shaped like ``like``."""
-    fmt = _format(tuple(like.shape), dtype, bits, signed, None)
+def zeros(
+    shape: tuple[int, ...], dtype: Any, bits: int, signed: bool
+) -> QuantizedArray:
+    """The codes of an array of zeros of ``shape``, as :func:`quantize` makes them.
+
+    Args:
+        shape: the shape of the array the codes stand for.
+        dtype: its dtype, which :func:`dequantize` returns.
+        bits: 8 or 4.
+        signed: whether the array may hold negative values (chooses the map).
+
+    Returns:
+        A :class:`QuantizedArray` of zeros, its blocks' maxima zero.
+
+    Example:
+        >>> from adamx.lowbit import zeros
+        >>> zeros((3, 100), "float32", 8, signed=False).codes.shape
+        (2, 256)
+    """
+    fmt = _format(tuple(shape), dtype, bits, signed, None)
     num_blocks = -(-math.prod(fmt.shape) // fmt.block_size)
     codes = jnp.zeros((num_blocks, fmt.block_size * bits // 8), jnp.uint8)
     absmax = jnp.zeros((num_blocks,), jnp.float32)
-    codes, absmax = _place_like(like, fmt, codes, absmax)
     return QuantizedArray(codes, absmax, fmt)
 
 
-def _row_axes(spec: Any, mesh: Any, fmt: QuantizedFormat) -> Any:
-    """The mesh axes that split whole blocks, if the array is split by rows only.
+def block_axes(spec: Any, mesh: Any, fmt: QuantizedFormat) -> Any:
+    """The mesh axes that split a quantized array's blocks, as its array is split.
 
-    An array split along its first dimension alone, each shard a whole number
-    of blocks, has its blocks split the same way; ``None`` otherwise.
+    The one rule for where quantized codes live: an array split along its first
+    dimension alone, each shard a whole number of blocks, has its blocks split
+    over the same axes, so each device decodes and encodes its own rows. Split
+    any other way, blocks would straddle devices: ``None``, the codes are
+    replicated.
+
+    Args:
+        spec: the array's ``PartitionSpec`` (or ``None``).
+        mesh: its mesh.
+        fmt: the quantized array's format.
+
+    Returns:
+        The first entry of ``spec`` (an axis name or a tuple of them), or None.
+
+    Example:
+        >>> import jax
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from adamx.lowbit import block_axes, zeros
+        >>> mesh = jax.make_mesh((1,), ("data",))
+        >>> block_axes(P("data"), mesh, zeros((512, 4), "float32", 8, True).format)
+        'data'
     """
     if spec is None or mesh is None or not fmt.shape:
         return None
     entries = tuple(spec) + (None,) * (len(fmt.shape) - len(tuple(spec)))
-    first, rest = entries[0], entries[1:]
+    first, rest = entries[0], entries[1 : len(fmt.shape)]
     if first is None or any(r is not None for r in rest):
         return None
     axes = first if isinstance(first, tuple) else (first,)
@@ -625,188 +640,53 @@ def _row_axes(spec: Any, mesh: Any, fmt: QuantizedFormat) -> Any:
     return first
 
 
-def _place_like(like: Any, fmt: QuantizedFormat, codes: Any, absmax: Any) -> tuple:
-    """Put the codes on the devices of a concrete, sharded param.
-
-    Where the param is split along its first dimension only and each shard
-    holds whole blocks, the blocks are split the same way, so each device
-    quantizes its own rows; otherwise they are replicated over its devices.
-    """
-    sharding = getattr(like, "sharding", None)
-    if (
-        isinstance(like, jax.core.Tracer)
-        or not isinstance(like, jax.Array)
-        or sharding is None
-        or len(sharding.device_set) == 1
-    ):
-        return codes, absmax
-    spec = getattr(sharding, "spec", None)
-    mesh = getattr(sharding, "mesh", None)
-    split = _row_axes(spec, mesh, fmt)
-    if mesh is not None:
-        P = jax.sharding.PartitionSpec
-        named = jax.sharding.NamedSharding
-        return (
-            jax.device_put(codes, named(mesh, P(split, None))),
-            jax.device_put(absmax, named(mesh, P(split))),
-        )
-    replicated = jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.array(sorted(sharding.device_set, key=lambda d: d.id)),
-                          ("devices",)),
-        jax.sharding.PartitionSpec(),
-    )  # fmt: skip
-    return jax.device_put(codes, replicated), jax.device_put(absmax, replicated)
-
-
 def is_quantized(x: Any) -> bool:
-    """Whether ``x`` is a :class:`QuantizedArray`."""
+    """Whether ``x`` is a :class:`QuantizedArray`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import is_quantized, quantize
+        >>> is_quantized(quantize(jnp.ones(4))), is_quantized(jnp.ones(4))
+        (True, False)
+    """
     return isinstance(x, QuantizedArray)
 
 
-# --------------------------------------------------- state_bits for Adam family
+# ------------------------------------------------------------ the step on codes
 
 
-def check_state_bits(state_bits: Any, **dtypes: Any) -> int | None:
-    """Validate ``state_bits``, and that no dtype argument also sets the storage.
-
-    Optax's ``inject_hyperparams`` passes every number as an array, and traced
-    ones while the step is traced; the storage of a state already built is read
-    from the state, so a traced ``state_bits`` is let through as ``None``.
-
-    Args:
-        state_bits: 32, 16, 8 or 4 (or a 0-d array holding one).
-        **dtypes: the dtype arguments of the same factory (``mu_dtype=...``);
-            any that is not ``None`` conflicts with ``state_bits != 32``.
-
-    Returns:
-        ``state_bits`` as an int, or ``None`` if it is traced.
-    """
-    if isinstance(state_bits, jax.core.Tracer):
-        return None
-    if isinstance(state_bits, (jax.Array, np.ndarray, np.generic)) and not (
-        np.ndim(state_bits) or jnp.issubdtype(state_bits.dtype, jnp.bool_)
-    ):
-        value = np.asarray(state_bits).item()
-        state_bits = int(value) if value in STATE_BITS else state_bits
-    if (
-        isinstance(state_bits, bool)
-        or not isinstance(state_bits, (int, np.integer))
-        or state_bits not in STATE_BITS
-    ):
-        raise ValueError(f"state_bits must be one of 32, 16, 8, 4, got {state_bits!r}")
-    given = [f"{k}={v!r}" for k, v in dtypes.items() if v is not None]
-    if state_bits != 32 and given:
-        raise ValueError(
-            f"state_bits={state_bits} sets how the moments are stored, and so does "
-            f"{' and '.join(given)}: pass one or the other, not both"
-        )
-    return int(state_bits)
-
-
-def init_moment(params: Params, state_bits: int, signed: bool, dtype: Any) -> Any:
-    """Zeros for one moment of every param, stored as ``state_bits`` says.
-
-    32: ``dtype`` (``None``: the params' dtype); 16: bfloat16; 8 and 4: a
-    :class:`QuantizedArray` for each floating param of at least
-    :data:`MIN_QUANTIZED_SIZE` elements, float32 (or wider) zeros for the rest.
-    """
-    if state_bits is None:
-        raise ValueError(
-            "state_bits must be known to build the state, got a traced value: "
-            "keep it out of the traced hyperparameters (static_args='state_bits')"
-        )
-    if state_bits == 32:
-        return tree_zeros_like(params, dtype)
-    if state_bits == 16:
-        return tree_zeros_like(params, jnp.bfloat16)
-
-    def leaf(p):
-        store = wider_dtype(p.dtype, jnp.float32)
-        if (
-            jnp.issubdtype(p.dtype, jnp.floating)
-            and math.prod(p.shape) >= MIN_QUANTIZED_SIZE
-        ):
-            return _zeros(p, store, state_bits, signed)
-        return jnp.zeros_like(p, dtype=store)
-
-    return jax.tree.map(leaf, params)
-
-
-def as_placeholders(tree: Any) -> Any:
-    """``tree`` with each :class:`QuantizedArray` replaced by one leaf.
-
-    Its structure and leaf shapes are then those of the params, for checks.
-    """
-
-    def placeholder(x: Any) -> Any:
-        if is_quantized(x):
-            return jax.ShapeDtypeStruct(x.format.shape, x.format.dtype)
-        return x
-
-    return jax.tree.map(placeholder, tree, is_leaf=is_quantized)
-
-
-def store_like(x: Any, like: Any) -> Any:
-    """A fresh moment in the storage of ``like`` (already so when quantized)."""
-    if is_quantized(like):
-        return x
-    return x.astype(like.dtype)
-
-
-def as_stored_fns(*moments: Any) -> list[Callable[[jax.Array], jax.Array]]:
-    """Per moment, a function rounding a fresh value to the moment's storage.
-
-    Where a moment is stored in bfloat16 and computed in float32, the update is
-    computed from the moment as it will be stored: XLA can then read the new
-    moment from the kernel that writes it, instead of recomputing it from the
-    old one, which it would have to keep aside (a copy of every moment, each
-    step) while the new one overwrites it in place. That halves the step time of
-    bfloat16 Adam on CPU. Only where the storage has the computation's exponent
-    range: a float16 second moment would underflow to zero, and the update
-    divide by ``eps`` alone, so float16 (and float32 under float64) moments are
-    used as computed. Quantized moments, too: each pass of their step recomputes
-    the new moments from the old codes, so there is no stored copy to read.
-    """
-
-    def fn(m: Any) -> Callable[[jax.Array], jax.Array]:
-        if is_quantized(m):
-            return lambda x: x
-        dtype = jnp.dtype(m.dtype)
-
-        def as_stored(x: jax.Array) -> jax.Array:
-            narrower = dtype.itemsize < x.dtype.itemsize
-            if narrower and jnp.finfo(dtype).minexp == jnp.finfo(x.dtype).minexp:
-                return x.astype(dtype).astype(x.dtype)
-            return x
-
-        return as_stored
-
-    return [fn(m) for m in moments]
-
-
-def update_moments(
+def update_quantized(
     body: Callable[..., tuple], compute_dtype: Any, g: jax.Array, *moments: Any
 ) -> tuple:
-    """Run an element-wise leaf update on stored moments, storing them again.
+    """Run an element-wise leaf update on quantized moments, quantizing them again.
 
-    ``body(g, *moments)`` gets the moments in ``compute_dtype`` and returns
-    ``(update, *new_moments)`` in it. Moments stored as arrays are cast in
-    and returned as computed (the caller casts them back); quantized ones are
-    dequantized, and the new values quantized again with their new block
-    maxima, inside the same computation.
+    The old moments are dequantized, ``body(g, *moments)`` computes the update
+    and the new moments in ``compute_dtype``, and the new moments are quantized
+    with their new block maxima, all inside the same computation: no float32
+    copy of a moment is kept between steps. Moments stored as arrays among
+    them are cast in and returned as computed.
 
     Args:
-        body: the element-wise update of one leaf.
+        body: the element-wise update of one leaf, ``(g, *moments) -> (update,
+            *new_moments)``.
         compute_dtype: the dtype ``body`` computes in.
         g: the gradient leaf.
-        *moments: the stored moments of that leaf.
+        *moments: the stored moments of that leaf, at least one quantized.
 
     Returns:
         ``(update, *new_moments)``, the update in the shape of ``g``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import quantize, update_quantized
+        >>> m = quantize(jnp.zeros(512))
+        >>> def body(g, m):
+        ...     return g, m + g
+        >>> u, m = update_quantized(body, jnp.float32, jnp.ones(512), m)
+        >>> float(m.dequantize()[0])
+        1.0
     """
     quantized = [m for m in moments if is_quantized(m)]
-    if not quantized:
-        return body(g, *(m.astype(compute_dtype) for m in moments))
     fmt = quantized[0].format
     if len(quantized) != len(moments) or any(
         m.block_size != fmt.block_size for m in quantized
@@ -895,24 +775,6 @@ def _update_blocks(
     return (run(1 + len(moments))[0], *new)
 
 
-def explicit_sharding(x: Any) -> Any:
-    """The sharding of ``x`` if it is split over explicit mesh axes, else None.
-
-    With explicit axes (the default of ``jax.make_mesh``) a sharding is part of
-    the type: reshapes and slices must say where their results live.
-    """
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
-    if mesh is None or spec is None:
-        return None
-    types = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False))
-    used = [
-        a for e in spec if e is not None for a in (e if isinstance(e, tuple) else (e,))
-    ]
-    explicit = jax.sharding.AxisType.Explicit
-    return sharding if any(types.get(a) == explicit for a in used) else None
-
-
 def _update_explicit(
     body: Callable[..., tuple],
     compute_dtype: Any,
@@ -920,7 +782,7 @@ def _update_explicit(
     moments: tuple,
     sharding: Any,
 ) -> tuple:
-    """:func:`update_moments` for a gradient split over explicit mesh axes.
+    """:func:`update_quantized` for a gradient split over explicit mesh axes.
 
     Split by rows into whole blocks, each device updates its own blocks in one
     pass. Split otherwise, blocks would straddle devices: the leaf is gathered,
@@ -933,7 +795,7 @@ def _update_explicit(
 
     reshard = jax.sharding.reshard
     fmt = moments[0].format
-    rows = _row_axes(sharding.spec, mesh, fmt)
+    rows = block_axes(sharding.spec, mesh, fmt)
     if rows is None:
         whole = [
             QuantizedArray(
@@ -941,7 +803,7 @@ def _update_explicit(
             )
             for m in moments
         ]
-        u, *new = update_moments(body, compute_dtype, reshard(g, on()), *whole)
+        u, *new = update_quantized(body, compute_dtype, reshard(g, on()), *whole)
         return (reshard(u, sharding), *new)
     blocks = (math.prod(fmt.shape) // fmt.block_size, *_block_shape(fmt))
     within = (None,) * len(_block_shape(fmt))
@@ -1011,258 +873,3 @@ def state_nbytes(state: Any) -> int:
         4 1.062...
     """
     return sum(_nbytes(x) for x in jax.tree.leaves(state))
-
-
-# -------------------------------------------------------- low-precision params
-
-
-def _is_low_precision(p: Any) -> bool:
-    dtype = getattr(p, "dtype", None)
-    return (
-        dtype is not None
-        and jnp.issubdtype(dtype, jnp.floating)
-        and jnp.dtype(dtype).itemsize < 4
-    )
-
-
-class KahanSummationState(NamedTuple):
-    """State of :func:`kahan_summation`."""
-
-    inner_state: Any  # the wrapped optimizer's state
-    compensation: Any  # like params (low-precision leaves), MaskedNode elsewhere
-
-
-def kahan_summation(
-    inner: GradientTransformation, compensation_dtype: Any | None = None
-) -> GradientTransformation:
-    r"""Compensated (Kahan) summation of the updates into low-precision params.
-
-    .. math::
-        \begin{aligned}
-        y_t &= u_t + c_{t-1} \\
-        \theta_t &= \operatorname{round}(\theta_{t-1} + y_t) \\
-        c_t &= y_t - (\theta_t - \theta_{t-1})
-        \end{aligned}
-
-    :math:`u_t` is the inner optimizer's update and :math:`\operatorname{round}`
-    the rounding to the params' dtype. An update below half the spacing of the
-    params is not lost but kept in :math:`c` until enough of it has gathered.
-    This runs for bfloat16 and float16 leaves; wider ones pass through.
-
-    The returned updates are :math:`\theta_t - \theta_{t-1}` in float32, so
-    :func:`adamx.apply_updates` lands exactly on :math:`\theta_t`; wrap the whole
-    optimizer, with nothing after it. The compensation is stored by default in
-    the params' dtype, as in optimi: it is at most half a unit in the last place
-    of :math:`\theta`, so in bfloat16 it carries 8 more significant bits below
-    the param's last one, 16 in all, for 2 bytes per param instead of the 4 of
-    float32 params (``compensation_dtype=jnp.float32`` keeps 24 more, for 4).
-
-    Args:
-        inner: the optimizer whose updates are summed.
-        compensation_dtype: dtype of :math:`c`; ``None`` uses each param's.
-
-    Returns:
-        A :class:`~adamx.GradientTransformation` with state
-        :class:`KahanSummationState`; ``update`` needs ``params``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> from adamx.lowbit import kahan_summation
-        >>> params = jnp.ones(2, jnp.bfloat16)
-        >>> tx = kahan_summation(adamx.sgd(1e-3))
-        >>> state = tx.init(params)
-        >>> for _ in range(100):  # each step is 1e-3, a quarter of a bf16 spacing
-        ...     u, state = tx.update(-jnp.ones(2, jnp.bfloat16), state, params)
-        ...     params = adamx.apply_updates(params, u)
-        >>> params
-        Array([1.10156, 1.10156], dtype=bfloat16)
-    """
-    check_transformation("inner", inner)
-    if compensation_dtype is not None:
-        compensation_dtype = jnp.dtype(compensation_dtype)
-        if not jnp.issubdtype(compensation_dtype, jnp.floating):
-            raise TypeError(
-                f"compensation_dtype must be a floating dtype, got "
-                f"{compensation_dtype!r}"
-            )
-
-    def init_fn(params):
-        def leaf(p):
-            if not _is_low_precision(p):
-                return MaskedNode()
-            return jnp.zeros_like(p, dtype=compensation_dtype or p.dtype)
-
-        return KahanSummationState(inner.init(params), jax.tree.map(leaf, params))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        require_params("kahan_summation", params)
-        updates, inner_state = call_update(
-            inner, updates, state.inner_state, params, extra_args
-        )
-        p_leaves, treedef = jax.tree.flatten(params)
-        u_leaves = treedef.flatten_up_to(updates)
-        c_leaves = treedef.flatten_up_to(state.compensation)
-        new_u, new_c = [], []
-        for p, u, c in zip(p_leaves, u_leaves, c_leaves, strict=True):
-            if isinstance(c, MaskedNode):
-                new_u.append(u)
-                new_c.append(c)
-                continue
-            ct = wider_dtype(p.dtype, u.dtype, c.dtype, jnp.float32)
-            p_ = p.astype(ct)
-            y = u.astype(ct) + c.astype(ct)
-            # Both are values of p's dtype, so their difference in float32 is
-            # exact and p + delta gives back the rounded sum.
-            delta = (p_ + y).astype(p.dtype).astype(ct) - p_
-            new_u.append(delta)
-            new_c.append((y - delta).astype(c.dtype))
-        return treedef.unflatten(new_u), KahanSummationState(
-            inner_state, treedef.unflatten(new_c)
-        )
-
-    tx = GradientTransformation(init_fn, update_fn)
-    return elementwise(tx) if is_elementwise(inner) else tx
-
-
-class StochasticRoundingState(NamedTuple):
-    """State of :func:`stochastic_rounding`."""
-
-    inner_state: Any  # the wrapped optimizer's state
-    key: jax.Array  # shape=(), typed PRNG key: split once per step
-
-
-def stochastic_round(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
-    r"""Round ``x`` to ``dtype`` up or down at random, exactly in expectation.
-
-    .. math::
-        \operatorname{sr}(x) = \begin{cases} \lceil x \rceil & \text{with
-        probability } (x - \lfloor x \rfloor) / (\lceil x \rceil - \lfloor x
-        \rfloor) \\ \lfloor x \rfloor & \text{otherwise} \end{cases}, \qquad
-        \mathbb{E}[\operatorname{sr}(x)] = x
-
-    where :math:`\lfloor x \rfloor, \lceil x \rceil` are the neighbours of
-    :math:`x` in ``dtype``. For bfloat16, the upper half of a float32, 16
-    random bits are added to the lower half before it is cut off, so the
-    probabilities are exact to :math:`2^{-16}` of a spacing.
-
-    Args:
-        x: values in float32 (or a wider float).
-        dtype: the low-precision float dtype to round to.
-        key: a PRNG key.
-
-    Returns:
-        ``x`` rounded, in ``dtype``.
-
-    Example:
-        >>> import jax
-        >>> import jax.numpy as jnp
-        >>> from adamx.lowbit import stochastic_round
-        >>> x = jnp.full(100_000, 1.0 + 2.0**-9)  # a quarter of the way up
-        >>> r = stochastic_round(x, jnp.bfloat16, jax.random.key(0))
-        >>> sorted(set(r.tolist())), round(float(r.astype(jnp.float32).mean()), 4)
-        ([1.0, 1.0078125], 1.002)
-    """
-    dtype = jnp.dtype(dtype)
-    x = jnp.asarray(x).astype(jnp.float32)
-    if dtype == jnp.bfloat16:
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-        noise = jax.random.bits(key, x.shape, jnp.uint32) >> 16
-        # Adding to the magnitude's bits rounds the magnitude up with the right
-        # probability, for either sign; inf stays inf.
-        finite = jnp.isfinite(x)
-        bits = jnp.where(finite, bits + noise, bits) & jnp.uint32(0xFFFF0000)
-        return jax.lax.bitcast_convert_type(bits, jnp.float32).astype(dtype)
-    nearest = x.astype(dtype)
-    near = nearest.astype(jnp.float32)
-    other = jnp.nextafter(
-        nearest, jnp.where(near > x, -jnp.inf, jnp.inf).astype(dtype)
-    ).astype(jnp.float32)
-    low, high = jnp.minimum(near, other), jnp.maximum(near, other)
-    gap = high - low
-    up = jnp.where(gap > 0, (x - low) / jnp.where(gap > 0, gap, 1), 0)
-    draw = jax.random.uniform(key, x.shape, jnp.float32)
-    out = jnp.where(near == x, near, jnp.where(draw < up, high, low))
-    return jnp.where(jnp.isfinite(x), out, x).astype(dtype)
-
-
-def stochastic_rounding(
-    inner: GradientTransformation, seed: int | jax.Array = 0
-) -> GradientTransformation:
-    r"""Round the new low-precision params stochastically instead of to nearest.
-
-    .. math::
-        \theta_t = \operatorname{sr}(\theta_{t-1} + u_t), \qquad
-        \mathbb{E}[\theta_t \mid \theta_{t-1}] = \theta_{t-1} + u_t
-
-    :math:`u_t` is the inner optimizer's update, computed and added in float32,
-    and :math:`\operatorname{sr}` is :func:`stochastic_round` to the params'
-    dtype. An update far below the spacing of the params moves a param by one
-    spacing with a probability in proportion, so none is lost on average. This
-    runs for bfloat16 and float16 leaves; wider ones pass through.
-
-    The key is kept in the state and split once per step (and folded with the
-    leaf's index), so a run is determined by ``seed``. The returned updates are
-    :math:`\theta_t - \theta_{t-1}` in float32, so :func:`adamx.apply_updates`
-    lands exactly on :math:`\theta_t`; wrap the whole optimizer.
-
-    Args:
-        inner: the optimizer whose updates are rounded.
-        seed: an int, or a PRNG key (typed or raw ``uint32``).
-
-    Returns:
-        A :class:`~adamx.GradientTransformation` with state
-        :class:`StochasticRoundingState`; ``update`` needs ``params``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> from adamx.lowbit import stochastic_rounding
-        >>> params = jnp.ones(1000, jnp.bfloat16)
-        >>> tx = stochastic_rounding(adamx.sgd(1e-3), seed=0)
-        >>> state = tx.init(params)
-        >>> for _ in range(100):
-        ...     u, state = tx.update(-jnp.ones(1000, jnp.bfloat16), state, params)
-        ...     params = adamx.apply_updates(params, u)
-        >>> round(float(params.astype(jnp.float32).mean()), 2)
-        1.1
-    """
-    check_transformation("inner", inner)
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        make_key = lambda: jax.random.key(int(seed))  # noqa: E731
-    elif isinstance(seed, jax.Array | np.ndarray) and (
-        jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key)
-        or seed.dtype == np.uint32
-    ):
-        key = seed
-        if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-            key = jax.random.wrap_key_data(jnp.asarray(key))
-        make_key = lambda: key  # noqa: E731
-    else:
-        raise TypeError(f"seed must be an int or a PRNG key, got {seed!r}")
-
-    def init_fn(params):
-        return StochasticRoundingState(inner.init(params), make_key())
-
-    def update_fn(updates, state, params=None, **extra_args):
-        require_params("stochastic_rounding", params)
-        updates, inner_state = call_update(
-            inner, updates, state.inner_state, params, extra_args
-        )
-        key, step_key = jax.random.split(state.key)
-        p_leaves, treedef = jax.tree.flatten(params)
-        u_leaves = treedef.flatten_up_to(updates)
-        new_u = []
-        for i, (p, u) in enumerate(zip(p_leaves, u_leaves, strict=True)):
-            if not _is_low_precision(p) or u is None:
-                new_u.append(u)
-                continue
-            ct = wider_dtype(p.dtype, u.dtype, jnp.float32)
-            p_ = p.astype(ct)
-            rounded = stochastic_round(
-                p_ + u.astype(ct), p.dtype, jax.random.fold_in(step_key, i)
-            )
-            new_u.append(rounded.astype(ct) - p_)
-        return treedef.unflatten(new_u), StochasticRoundingState(inner_state, key)
-
-    return GradientTransformation(init_fn, update_fn)

@@ -14,26 +14,29 @@ import jax
 import jax.numpy as jnp
 
 from adamx import checks
+from adamx.adaptive import (
+    adopt_clip_value,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_adopt,
+    scale_by_amsgrad,
+    scale_by_belief,
+    scale_by_lion,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_stddev,
+)
 from adamx.base import GradientTransformation, ScalarOrSchedule, identity
 from adamx.combine import chain
-from adamx.fused import fused_or_plain
-from adamx.native import register_adam
+from adamx.storage import Storage
 from adamx.transforms import (
     add_decayed_weights,
     clip_by_block_rms,
     ema,
     scale,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_amsgrad,
-    scale_by_belief,
     scale_by_factored_rms,
     scale_by_learning_rate,
-    scale_by_lion,
     scale_by_param_block_rms,
-    scale_by_radam,
-    scale_by_rms,
-    scale_by_stddev,
     scale_by_trust_ratio,
     trace,
 )
@@ -45,6 +48,7 @@ __all__ = [
     "adamax",
     "adamaxw",
     "adamw",
+    "adopt",
     "amsgrad",
     "lamb",
     "lion",
@@ -64,39 +68,6 @@ def _scale_by_required_rate(learning_rate: ScalarOrSchedule) -> GradientTransfor
     return scale_by_learning_rate(learning_rate)
 
 
-def _check_fused_state_bits(fused: bool, state_bits: Any) -> None:
-    if fused is True and state_bits in (8, 4):
-        raise ValueError(
-            f"fused=True cannot be combined with state_bits={state_bits}: block-wise "
-            "quantization is not element-wise (on a flat buffer its blocks would "
-            "span leaves). Use fused=False, or state_bits=16 or 32."
-        )
-
-
-def _natively_run(
-    tx: GradientTransformation,
-    spec: tuple,
-    *,
-    nesterov: bool,
-    mu_dtype: Any,
-    nu_dtype: Any,
-    state_bits: Any,
-    mask: Any = None,
-) -> GradientTransformation:
-    """Let :func:`adamx.step` run ``tx`` natively where its kernels compute it.
-
-    The kernels decay every element they update, so a masked decay, like the
-    other variants they do not compute, stays with the chain.
-    """
-    # state_bits may be a tracer (inject_hyperparams injects every number).
-    bits = 32 if state_bits is None else state_bits
-    native_bits = type(bits) is int and bits in (32, 8)
-    plain = nesterov is False and mu_dtype is None and nu_dtype is None
-    if plain and mask is None and native_bits:
-        register_adam(tx, *spec)
-    return tx
-
-
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -107,7 +78,6 @@ def adam(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
-    fused: bool = False,
     state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Adam (Kingma & Ba, 2014).
@@ -132,8 +102,6 @@ def adam(
         mu_dtype: dtype of the first moment; ``None`` uses the params' dtype.
         nesterov: use Nesterov momentum (this is then :func:`nadam`).
         nu_dtype: dtype of the second moment; ``None`` uses the params' dtype.
-        fused: wrap in :func:`adamx.fused` (one pass per buffer on
-            :class:`adamx.FlatParams`).
         state_bits: how the moments are stored: 32 (as the dtype arguments
             say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
             bytes per param; see :mod:`adamx.lowbit`).
@@ -150,8 +118,7 @@ def adam(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
     """
-    _check_fused_state_bits(fused, state_bits)
-    tx = chain(
+    return chain(
         scale_by_adam(
             b1,
             b2,
@@ -163,14 +130,6 @@ def adam(
             state_bits=state_bits,
         ),
         _scale_by_required_rate(learning_rate),
-    )
-    return _natively_run(
-        fused_or_plain(tx, fused),
-        (b1, b2, eps, eps_root, None),
-        nesterov=nesterov,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        state_bits=state_bits,
     )
 
 
@@ -184,7 +143,6 @@ def nadam(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
-    fused: bool = False,
     state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""NAdam: Adam with Nesterov momentum (Dozat, 2016).
@@ -208,7 +166,6 @@ def nadam(
         mu_dtype: dtype of the first moment.
         nesterov: kept for Optax compatibility; False gives plain :func:`adam`.
         nu_dtype: dtype of the second moment.
-        fused: wrap in :func:`adamx.fused`.
         state_bits: how the moments are stored: 32 (as the dtype arguments
             say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
             bytes per param; see :mod:`adamx.lowbit`).
@@ -234,7 +191,6 @@ def nadam(
         mu_dtype,
         nesterov=nesterov,
         nu_dtype=nu_dtype,
-        fused=fused,
         state_bits=state_bits,
     )
 
@@ -251,7 +207,6 @@ def adamw(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
-    fused: bool = False,
     state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
@@ -276,7 +231,6 @@ def adamw(
             params returning one; ``None`` decays all.
         nesterov: use Nesterov momentum (this is then :func:`nadamw`).
         nu_dtype: dtype of the second moment.
-        fused: wrap in :func:`adamx.fused`.
         state_bits: how the moments are stored: 32 (as the dtype arguments
             say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
             bytes per param; see :mod:`adamx.lowbit`).
@@ -293,8 +247,7 @@ def adamw(
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.84999996 -2.        ]
     """
-    _check_fused_state_bits(fused, state_bits)
-    tx = chain(
+    return chain(
         scale_by_adam(
             b1,
             b2,
@@ -307,15 +260,6 @@ def adamw(
         ),
         add_decayed_weights(weight_decay, mask),
         _scale_by_required_rate(learning_rate),
-    )
-    return _natively_run(
-        fused_or_plain(tx, fused),
-        (b1, b2, eps, eps_root, weight_decay),
-        nesterov=nesterov,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-        state_bits=state_bits,
-        mask=mask,
     )
 
 
@@ -331,7 +275,6 @@ def nadamw(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
-    fused: bool = False,
     state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""NAdamW: :func:`nadam` with decoupled weight decay.
@@ -355,7 +298,6 @@ def nadamw(
         mask: which params to decay.
         nesterov: kept for Optax compatibility; False gives :func:`adamw`.
         nu_dtype: dtype of the second moment.
-        fused: wrap in :func:`adamx.fused`.
         state_bits: how the moments are stored: 32 (as the dtype arguments
             say), 16 (bfloat16), 8 or 4 (block-wise quantized, about 2 or 1
             bytes per param; see :mod:`adamx.lowbit`).
@@ -383,7 +325,6 @@ def nadamw(
         mask,
         nesterov=nesterov,
         nu_dtype=nu_dtype,
-        fused=fused,
         state_bits=state_bits,
     )
 
@@ -711,6 +652,8 @@ def lion(
     mu_dtype: Any | None = None,
     weight_decay: ScalarOrSchedule = 1e-3,
     mask: MaskOrFn = None,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Lion: evolved sign momentum (Chen et al., 2023).
 
@@ -729,6 +672,9 @@ def lion(
         mu_dtype: dtype of the momentum.
         weight_decay: :math:`\lambda \ge 0`.
         mask: which params to decay.
+        state_bits: how the momentum is stored: 32 (as ``mu_dtype`` says), 16
+            (bfloat16), 8 or 4 (block-wise quantized, about 1 or 0.5 bytes per
+            param; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`; ``update`` needs ``params``.
@@ -743,7 +689,7 @@ def lion(
         [ 0.9 -1.9]
     """
     return chain(
-        scale_by_lion(b1, b2, mu_dtype),
+        scale_by_lion(b1, b2, mu_dtype, state_bits=state_bits),
         add_decayed_weights(weight_decay, mask),
         _scale_by_required_rate(learning_rate),
     )
@@ -754,6 +700,8 @@ def sgd(
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any | None = None,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent, with optional (Nesterov) momentum.
 
@@ -771,6 +719,9 @@ def sgd(
         momentum: :math:`\mu \ge 0`; ``None`` for plain SGD.
         nesterov: use Nesterov momentum (needs ``momentum``).
         accumulator_dtype: dtype of the momentum buffer.
+        state_bits: how the momentum buffer is stored: 32 (as
+            ``accumulator_dtype`` says), 16 (bfloat16), 8 or 4 (block-wise
+            quantized; see :mod:`adamx.lowbit`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -789,12 +740,17 @@ def sgd(
         raise ValueError("nesterov=True needs a momentum, got momentum=None")
     if momentum is not None:
         checks.check_nonnegative("momentum", momentum)
-    # Checked even without momentum: a wrong dtype is a mistake either way.
-    accumulator_dtype = checks.check_float_dtype("accumulator_dtype", accumulator_dtype)
+    # Checked even without momentum: a wrong storage is a mistake either way.
+    Storage.parse(state_bits, accumulator_dtype=accumulator_dtype)
     stage = (
         identity()
         if momentum is None
-        else trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+        else trace(
+            momentum,
+            nesterov=nesterov,
+            accumulator_dtype=accumulator_dtype,
+            state_bits=state_bits,
+        )
     )
     return chain(stage, _scale_by_required_rate(learning_rate))
 
@@ -809,6 +765,8 @@ def rmsprop(
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""RMSProp (Hinton, 2012), optionally centred (Graves, 2013).
 
@@ -831,6 +789,10 @@ def rmsprop(
         momentum: :math:`\mu \ge 0`, or ``None`` for none.
         nesterov: use Nesterov momentum.
         bias_correction: bias-correct the moving averages.
+        state_bits: how the moving averages (and the momentum buffer) are
+            stored: 32 (the params' dtype), 16 (bfloat16), 8 or 4 (block-wise
+            quantized; see :mod:`adamx.lowbit`; not with ``centered=True``,
+            see :func:`~adamx.scale_by_stddev`).
 
     Returns:
         A :class:`~adamx.GradientTransformation`.
@@ -852,9 +814,18 @@ def rmsprop(
         checks.check_nonnegative("momentum", momentum)
     scaler = scale_by_stddev if centered else scale_by_rms
     return chain(
-        scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+        scaler(
+            decay,
+            eps,
+            initial_scale,
+            eps_in_sqrt,
+            bias_correction,
+            state_bits=state_bits,
+        ),
         _scale_by_required_rate(learning_rate),
-        identity() if momentum is None else trace(momentum, nesterov=nesterov),
+        identity()
+        if momentum is None
+        else trace(momentum, nesterov=nesterov, state_bits=state_bits),
     )
 
 
@@ -914,7 +885,7 @@ def adafactor(
     if momentum is not None:
         checks.check_decay("momentum", momentum)
     # Checked here, under the caller's name for it, even without momentum.
-    dtype_momentum = checks.check_float_dtype("dtype_momentum", dtype_momentum)
+    dtype_momentum = checks.check_moment_dtype("dtype_momentum", dtype_momentum)
     stages = [
         scale_by_factored_rms(
             factored, decay_rate, decay_offset, min_dim_size_to_factor, eps
@@ -936,3 +907,73 @@ def adafactor(
         stages.append(add_decayed_weights(weight_decay_rate, weight_decay_mask))
     stages.append(scale(-1))
     return chain(*stages)
+
+
+def adopt(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.9999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    mu_dtype: Any | None = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.Array] = adopt_clip_value,
+    state_bits: int | None = None,
+) -> GradientTransformation:
+    r"""ADOPT: Adam that converges with any :math:`\beta_2` (Taniguchi et al., 2024).
+
+    .. math::
+        \theta_t = \theta_{t-1} - \alpha_t m_t, \qquad
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1)\, \operatorname{clip}\!\left(
+        \frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, -t^{1/4}, t^{1/4}\right)
+
+    with :math:`v_t` the moving average of :math:`|g_t|^2` and no step at
+    :math:`t = 0`, where only :math:`v_0 = |g_0|^2` is measured (see
+    :func:`~adamx.scale_by_adopt`). Names, arguments and defaults are
+    ``optax.contrib.adopt``'s, which follows the authors' reference code.
+
+    Args:
+        learning_rate: :math:`\alpha_t`, a number or a schedule.
+        b1: :math:`\beta_1 \in [0, 1)`.
+        b2: :math:`\beta_2 \in [0, 1)`.
+        eps: :math:`\epsilon \ge 0`, the floor of :math:`\sqrt{v_{t-1}}`.
+        mu_dtype: dtype of the first moment.
+        nesterov: use a Nesterov look-ahead (not in the paper).
+        use_clipping: clip the normalized gradient (the authors' default).
+        clip_value_fn: the clipping bound as a function of the step count.
+        state_bits: how the moments are stored: 32 (as ``mu_dtype`` says), 16
+            (bfloat16), 8 or 4 (block-wise quantized; see :mod:`adamx.lowbit`).
+
+    Returns:
+        A :class:`~adamx.GradientTransformation`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> tx = adamx.adopt(learning_rate=0.1)
+        >>> params = jnp.array([1.0, -2.0])
+        >>> state = tx.init(params)
+        >>> for _ in range(2):
+        ...     updates, state = tx.update(jnp.array([0.5, 0.5]), state, params)
+        ...     params = adamx.apply_updates(params, updates)
+        >>> print([round(float(p), 4) for p in params])
+        [0.99, -2.01]
+
+    References:
+        Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any
+        :math:`\beta_2` with the Optimal Rate", https://arxiv.org/abs/2411.02853
+    """
+    return chain(
+        scale_by_adopt(
+            b1,
+            b2,
+            eps,
+            mu_dtype,
+            nesterov=nesterov,
+            use_clipping=use_clipping,
+            clip_value_fn=clip_value_fn,
+            state_bits=state_bits,
+        ),
+        _scale_by_required_rate(learning_rate),
+    )

@@ -35,16 +35,12 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
-from adamx.base import GradientTransformation, Params, elementwise, is_elementwise
+from adamx.base import GradientTransformation, Params
 from adamx.combine import call_update, check_transformation
-from adamx.lowbit import QuantizedArray, is_quantized
+from adamx.lowbit import QuantizedArray, block_axes, is_quantized
+from adamx.traits import Traits, traits_of
 
 __all__ = ["bytes_per_device", "sharded", "state_shardings", "zero_spec"]
-
-# Set on the init function of a transformation made by ``sharded``: how its
-# state is laid out, for ``state_shardings``.
-_LAYOUT = "__adamx_state_layout__"
-
 
 # ------------------------------------------------------------------ helpers
 
@@ -227,7 +223,7 @@ def state_shardings(tx: GradientTransformation, params: Params) -> Any:
         (('data',), ())
     """
     check_transformation("tx", tx)
-    layout = getattr(tx.init, _LAYOUT, None)
+    layout = traits_of(tx).layout
     structs = jax.eval_shape(tx.init, params)
     if layout is not None:
         return layout(structs, params)
@@ -254,24 +250,13 @@ def state_shardings(tx: GradientTransformation, params: Params) -> Any:
 def _quantized_like_param(
     q: QuantizedArray, sharding: Sharding | None, fallback: Sharding | None
 ) -> QuantizedArray:
-    """Where ``tx.init`` puts a quantized moment of a param with ``sharding``.
-
-    Its blocks are split as the param's rows are when the param is split along
-    its first dimension alone and each shard holds whole blocks; otherwise they
-    are replicated over the param's devices.
-    """
+    """Where ``tx.init`` puts a quantized moment of a param with ``sharding``:
+    its blocks split as :func:`adamx.lowbit.block_axes` says, on the param's
+    devices."""
     codes = absmax = fallback
     spec, mesh = _spec_of(sharding), getattr(sharding, "mesh", None)
     if spec is not None and isinstance(mesh, Mesh) and q.shape:
-        entries = tuple(spec) + (None,) * len(q.shape)
-        first, rest = entries[0], entries[1 : len(q.shape)]
-        split = None
-        if first is not None and all(r is None for r in rest):
-            shards = math.prod(mesh.shape[a] for a in _axes(first))
-            rows = q.shape[0]
-            per_shard = rows // shards * math.prod(q.shape[1:])
-            if rows % shards == 0 and per_shard % q.block_size == 0:
-                split = first
+        split = block_axes(spec, mesh, q.format)
         codes = NamedSharding(mesh, P(split, None))
         absmax = NamedSharding(mesh, P(split))
     return QuantizedArray(codes, absmax, q.format)
@@ -354,7 +339,7 @@ def sharded(
     come back replicated (plain data parallelism) unless ``params_sharding``
     says otherwise.
 
-    Works with ``fused=True`` optimizers: each flat buffer is split when its
+    Works on a :class:`~adamx.FlatParams`: each flat buffer is split when its
     length divides by the axis size, else replicated. Quantized moments
     (``state_bits=8`` or ``4``) are split by whole blocks when their number of
     blocks divides by the axis size, and replicated otherwise; on a mesh with
@@ -464,11 +449,10 @@ def sharded(
         new_state = _constrain_tree(new_state, layout(new_state, updates))
         return _constrain_tree(new_updates, out), new_state
 
-    setattr(init_fn, _LAYOUT, layout)
-    wrapper = GradientTransformation(init_fn, update_fn)
     # Sharding changes where numbers live, not what they are: an element-wise
     # transformation stays one.
-    return elementwise(wrapper) if is_elementwise(tx) else wrapper
+    traits = Traits(elementwise=traits_of(tx).elementwise, layout=layout)
+    return GradientTransformation(init_fn, update_fn, traits, derived=True)
 
 
 def _broadcast_params_sharding(

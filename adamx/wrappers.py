@@ -9,7 +9,10 @@ micro-steps; ``monitor`` records gradient and update norms in the state.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,12 +24,11 @@ from adamx import checks
 from adamx.base import (
     GradientTransformation,
     OptState,
-    elementwise,
-    is_elementwise,
     safe_increment,
     tree_zeros_like,
 )
 from adamx.combine import call_update, check_transformation
+from adamx.traits import Traits, traits_of
 from adamx.transforms import ScaleByLearningRateState, global_norm
 
 __all__ = [
@@ -46,9 +48,18 @@ __all__ = [
 ]
 
 
-def _like(inner: Any, wrapper: GradientTransformation) -> GradientTransformation:
-    """Mark ``wrapper`` element-wise when the transformation it wraps is."""
-    return elementwise(wrapper) if is_elementwise(inner) else wrapper
+def _like(inner: Any, init: Any, update: Any) -> GradientTransformation:
+    """A wrapper of ``inner``: element-wise (or per leaf) as ``inner`` is.
+
+    Its stages are not ``inner``'s: a wrapper changes how they run (values
+    from the state, skipped or accumulated steps), which no kernel knows.
+    """
+    return GradientTransformation(
+        init,
+        update,
+        Traits(elementwise=traits_of(inner).elementwise),
+        derived=True,
+    )
 
 
 def _tree_all_finite(tree: Any) -> jax.Array:
@@ -67,31 +78,59 @@ class InjectHyperparamsState(NamedTuple):
     inner_state: Any  # the wrapped optimizer's state
 
 
-def _is_schedule_param(param: inspect.Parameter | None, value: Any) -> bool:
-    """Whether a callable argument is a schedule (and not, say, a mask function).
-
-    A parameter annotated as taking a schedule (``ScalarOrSchedule``, as all of
-    adamx's and Optax's learning rates and weight decays are) is one; a
-    callable passed for any other parameter, such as ``mask``, is left alone.
-    """
-    if not callable(value) or isinstance(value, jax.Array):
-        return False
-    if param is None or param.annotation is inspect.Parameter.empty:
-        return param is not None and "mask" not in param.name
-    return "Schedule" in str(param.annotation)
+def _union_members(hint: Any) -> set[Any]:
+    """The types a (possibly nested) union annotation admits."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return set().union(*(_union_members(a) for a in typing.get_args(hint)))
+    return {hint}
 
 
-def _is_numeric_hyperparam(param: inspect.Parameter | None, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        return False
-    annotation = "" if param is None else str(param.annotation)
-    if annotation in ("int", "bool", "<class 'int'>", "<class 'bool'>"):
+def _is_real_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-        return np.ndim(value) == 0 and jnp.issubdtype(
-            jnp.asarray(value).dtype, jnp.number
+        dtype = jnp.asarray(value).dtype
+        return np.ndim(value) == 0 and (
+            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
         )
     return isinstance(value, (int, float))
+
+
+def _is_schedule(value: Any) -> bool:
+    return callable(value) and not isinstance(value, jax.Array)
+
+
+def _role(hint: Any, value: Any) -> str:
+    """``"schedule"``, ``"number"`` or ``"static"``: what an argument becomes.
+
+    Decided from the parameter's type (``hint``, resolved from the factory's
+    annotations; ``None`` where it has none): a parameter that takes floats
+    (``float``, ``ArrayLike``, ``ScalarOrSchedule``) is a hyperparameter, a
+    number or a schedule of one; ``int``, ``bool``, dtypes, ``state_bits``,
+    masks and other callables stay static. Without an annotation, as in
+    Optax: numbers are hyperparameters and callables schedules.
+    """
+    if hint is not None and float not in _union_members(hint):
+        return "static"
+    if _is_schedule(value):
+        return "schedule"
+    return "number" if _is_real_number(value) else "static"
+
+
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The factory's resolved annotations (a ``functools.partial``'s function's)."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    try:
+        return typing.get_type_hints(factory)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: decide by value
+        return {}
+
+
+def _name(factory: Callable[..., Any]) -> str:
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return getattr(factory, "__name__", None) or repr(factory)
 
 
 def inject_hyperparams(
@@ -116,12 +155,17 @@ def inject_hyperparams(
     hyperparameters are constants that XLA may fold into neighbouring
     arithmetic; that can move the last bit of a step.)
 
-    Which arguments become hyperparameters: every real number (int or float,
-    including defaults the call leaves out) and every schedule, except those
-    named in ``static_args`` and those the factory annotates as ``int`` or
-    ``bool``. A callable passed for a parameter that does not take a schedule
-    (``mask``) stays static. Values are stored as strongly typed 0-d arrays
-    of ``hyperparam_dtype`` (default: float32 for floats, int32 for ints).
+    Which arguments become hyperparameters is decided from the factory's
+    signature, by the types its annotations resolve to: a parameter that takes
+    a float (``float``, ``jax.typing.ArrayLike``, ``ScalarOrSchedule``) is
+    one, given a number or a schedule of one (defaults the call leaves out
+    included); everything else stays static: ``int`` and ``bool`` parameters,
+    dtypes, ``state_bits``, masks, and callables that are not schedules, as do
+    ``None`` values and the names in ``static_args``. A factory without
+    annotations is read as Optax reads every factory: numbers are
+    hyperparameters, callables schedules. Values are stored as strongly typed
+    0-d arrays of ``hyperparam_dtype`` (default: float32 for floats, int32 for
+    ints).
 
     To change a value between steps, use :func:`set_hyperparams`, which keeps
     the stored dtype: putting a Python float straight into the dict changes
@@ -161,35 +205,39 @@ def inject_hyperparams(
             f"static_args must be a name or a sequence of names, got {static_args!r}"
         )
     hyperparam_dtype = checks.check_float_dtype("hyperparam_dtype", hyperparam_dtype)
+    name = _name(factory)
     signature = inspect.signature(factory)
+    hints = _type_hints(factory)
+    takes_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+    )
+    unknown = set(static_args) - set(signature.parameters)
+    if unknown and not takes_any:
+        raise ValueError(
+            f"static_args names {sorted(unknown)}, which {name} does not take; "
+            f"it takes {list(signature.parameters)}"
+        )
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as e:
-            raise TypeError(f"inject_hyperparams({factory.__name__}): {e}") from e
+            raise TypeError(f"inject_hyperparams({name}): {e}") from e
         bound.apply_defaults()
         values = dict(bound.arguments)
-        unknown = set(static_args) - set(values)
-        if unknown:
-            raise ValueError(
-                f"static_args names {sorted(unknown)}, which "
-                f"{factory.__name__} does not take"
+        schedules: dict[str, Any] = {}
+        numeric: dict[str, Any] = {}
+        static: dict[str, Any] = {}
+        for arg, value in values.items():
+            role = "static" if arg in static_args else _role(hints.get(arg), value)
+            {"schedule": schedules, "number": numeric, "static": static}[role][arg] = (
+                value
             )
-        # Build once with the given values: this validates them at construction.
-        built = factory(**values)
-        check_transformation(f"the result of factory {factory.__name__}", built)
-        schedules, numeric, static = {}, {}, {}
-        for name, value in values.items():
-            param = signature.parameters.get(name)
-            if name in static_args:
-                static[name] = value
-            elif _is_schedule_param(param, value):
-                schedules[name] = value
-            elif _is_numeric_hyperparam(param, value):
-                numeric[name] = value
-            else:
-                static[name] = value
+        # Built once as the first step builds it: this checks every value (a
+        # schedule's at step 0) at construction.
+        first = {k: f(jnp.zeros([], jnp.int32)) for k, f in schedules.items()}
+        built = factory(**static, **numeric, **first)
+        check_transformation(f"the result of factory {name}", built)
 
         def as_stored(name: str, value: Any) -> jax.Array:
             value = jnp.asarray(value)
@@ -232,9 +280,9 @@ def inject_hyperparams(
                 inner_state=inner_state,
             )
 
-        return _like(built, GradientTransformation(init_fn, update_fn))
+        return _like(built, init_fn, update_fn)
 
-    wrapped.__name__ = getattr(factory, "__name__", "wrapped")
+    wrapped.__name__ = name
     wrapped.__doc__ = factory.__doc__
     return wrapped
 
@@ -454,7 +502,7 @@ def apply_if_finite(
             inner_state=inner_state,
         )
 
-    return _like(inner, GradientTransformation(init_fn, update_fn))
+    return _like(inner, init_fn, update_fn)
 
 
 class DynamicLossScaleState(NamedTuple):
@@ -577,7 +625,7 @@ def dynamic_loss_scaling(
             inner_state=inner_state,
         )
 
-    return _like(inner, GradientTransformation(init_fn, update_fn))
+    return _like(inner, init_fn, update_fn)
 
 
 def loss_scale(state: OptState) -> jax.Array:
@@ -731,7 +779,7 @@ class MultiSteps:
         def update_fn(updates, state, params=None, **extra_args):
             return self.update(updates, state, params, **extra_args)
 
-        return _like(self._opt, GradientTransformation(self.init, update_fn))
+        return _like(self._opt, self.init, update_fn)
 
 
 # ------------------------------------------------------------------ monitoring
@@ -795,4 +843,4 @@ def monitor(inner: GradientTransformation) -> GradientTransformation:
             inner_state=inner_state,
         )
 
-    return _like(inner, GradientTransformation(init_fn, update_fn))
+    return _like(inner, init_fn, update_fn)

@@ -165,8 +165,9 @@ class _Resolver:
             if found is None:
                 continue
             if found.is_module and role not in ("mod", "obj"):
-                # `adamx.fused` is the function at run time, but Griffe finds
-                # the submodule it shadows; the role says which is meant.
+                # A function re-exported under its module's name is the
+                # function at run time, but Griffe finds the module it
+                # shadows; the role says which is meant.
                 found = self._get(f"{_canonical(found)}.{found.name}")
                 if found is None:
                     continue

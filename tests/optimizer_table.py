@@ -1,48 +1,189 @@
 """The one table of optimizers that drives the shared checks.
 
-Each entry: an id, a factory ``() -> (adamx transformation, optax transformation)``
-with the same hyperparameters. Hyperparameters are chosen away from the defaults
-where that exercises more of the code (weight decay, Nesterov, momentum).
+Each entry: a factory of the adamx optimizer (taking storage arguments such as
+``state_bits`` where its tags say so), a factory of Optax's twin with the same
+hyperparameters (or None), and tags that say which shared checks apply.
+Hyperparameters are chosen away from the defaults where that exercises more of
+the code (weight decay, Nesterov, momentum, schedules).
+
+Tags:
+    optax        Optax has the same optimizer: compared in float64 and float32.
+    state_bits   takes ``state_bits`` (32, 16, 8, 4) for its moments.
+    elementwise  computes the same numbers on a ``FlatParams`` as on the tree.
+    kernel       ``adamx.step`` runs it in place with the native CPU kernel.
+    params       ``update`` needs the params.
+    mu_dtype     takes ``mu_dtype`` (first-moment dtype).
+    nu_dtype     takes ``nu_dtype`` (second-moment dtype, adamx only).
+    schedule     its learning rate is a schedule.
+    real         defined for real params only: refuses complex ones.
+    wrapped      a wrapper or combinator around an optimizer.
 """
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
+import optax.contrib
 
 import adamx
 
 
-def _pair(name, **kw):
-    return lambda: (getattr(adamx, name)(**kw), getattr(optax, name)(**kw))
+class Entry(NamedTuple):
+    ours: Callable[..., adamx.GradientTransformation]
+    theirs: Callable[[], Any] | None
+    tags: frozenset[str]
+
+    def __call__(self, **storage: Any) -> tuple[Any, Any]:
+        """``(adamx optimizer, Optax twin or None)``; ``storage`` goes to adamx's."""
+        return self.ours(**storage), None if self.theirs is None else self.theirs()
 
 
-OPTIMIZERS = {
-    "adam": _pair("adam", learning_rate=1e-2),
+def _pair(name: str, tags: str, **kw: Any) -> Entry:
+    return Entry(
+        lambda **storage: getattr(adamx, name)(**kw, **storage),
+        lambda: getattr(optax, name)(**kw),
+        frozenset(("optax", *tags.split())),
+    )
+
+
+ADAM = "state_bits elementwise mu_dtype nu_dtype"
+
+
+def _default_float() -> Any:
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+WD_SCHEDULE = adamx.linear_schedule(0.1, 0.01, 50)
+
+OPTIMIZERS: dict[str, Entry] = {
+    "adam": _pair("adam", f"{ADAM} kernel", learning_rate=1e-2),
     "adam_nesterov_eps_root": _pair(
-        "adam", learning_rate=1e-2, eps_root=1e-8, nesterov=True
+        "adam", ADAM, learning_rate=1e-2, eps_root=1e-8, nesterov=True
     ),
-    "adamw": _pair("adamw", learning_rate=1e-2, weight_decay=0.1),
-    "nadam": _pair("nadam", learning_rate=1e-2, b1=0.8),
-    "nadamw": _pair("nadamw", learning_rate=1e-2, weight_decay=0.05),
-    "amsgrad": _pair("amsgrad", learning_rate=1e-2),
-    "adamax": _pair("adamax", learning_rate=1e-2),
-    "adamaxw": _pair("adamaxw", learning_rate=1e-2, weight_decay=0.1),
-    "radam": _pair("radam", learning_rate=1e-2),
-    "adabelief": _pair("adabelief", learning_rate=1e-2),
-    "lamb": _pair("lamb", learning_rate=1e-2, weight_decay=0.01),
-    "lion": _pair("lion", learning_rate=1e-3, weight_decay=0.1),
-    "sgd": _pair("sgd", learning_rate=1e-2),
-    "sgd_momentum": _pair("sgd", learning_rate=1e-2, momentum=0.9),
-    "sgd_nesterov": _pair("sgd", learning_rate=1e-2, momentum=0.9, nesterov=True),
-    "rmsprop": _pair("rmsprop", learning_rate=1e-2),
+    "adam_schedule": _pair(
+        "adam",
+        f"{ADAM} kernel schedule",
+        learning_rate=adamx.warmup_cosine_decay_schedule(0.0, 5e-2, 4, 40),
+    ),
+    "adamw": _pair(
+        "adamw", f"{ADAM} kernel params", learning_rate=1e-2, weight_decay=0.1
+    ),
+    "adamw_schedules": _pair(
+        "adamw",
+        f"{ADAM} kernel params schedule",
+        learning_rate=adamx.cosine_decay_schedule(3e-2, 40),
+        weight_decay=WD_SCHEDULE,
+    ),
+    # adamw built by hand: the same stages, so the same kernel.
+    "adamw_chain": Entry(
+        lambda **storage: adamx.chain(
+            adamx.scale_by_adam(**storage),
+            adamx.add_decayed_weights(0.1),
+            adamx.scale_by_learning_rate(1e-2),
+        ),
+        lambda: optax.adamw(1e-2, weight_decay=0.1),
+        frozenset({"optax", "state_bits", "elementwise", "kernel", "params"}),
+    ),
+    "nadam": _pair("nadam", ADAM, learning_rate=1e-2, b1=0.8),
+    "nadamw": _pair("nadamw", f"{ADAM} params", learning_rate=1e-2, weight_decay=0.05),
+    "amsgrad": _pair("amsgrad", "state_bits elementwise mu_dtype", learning_rate=1e-2),
+    "adamax": _pair("adamax", "state_bits elementwise", learning_rate=1e-2),
+    "adamaxw": _pair(
+        "adamaxw", "state_bits elementwise params", learning_rate=1e-2, weight_decay=0.1
+    ),
+    "radam": _pair("radam", "state_bits elementwise", learning_rate=1e-2),
+    "adabelief": _pair("adabelief", "state_bits elementwise", learning_rate=1e-2),
+    "adopt": Entry(
+        lambda **storage: adamx.adopt(1e-2, **storage),
+        lambda: optax.contrib.adopt(1e-2),
+        frozenset({"optax", "state_bits", "elementwise", "mu_dtype", "real"}),
+    ),
+    "adopt_nesterov": Entry(
+        lambda **storage: adamx.adopt(1e-2, b2=0.99, nesterov=True, **storage),
+        lambda: optax.contrib.adopt(1e-2, b2=0.99, nesterov=True),
+        frozenset({"optax", "state_bits", "elementwise", "mu_dtype", "real"}),
+    ),
+    "adopt_no_clipping": Entry(
+        lambda **storage: adamx.adopt(1e-2, use_clipping=False, **storage),
+        lambda: optax.contrib.adopt(1e-2, use_clipping=False),
+        frozenset({"optax", "elementwise", "mu_dtype", "real"}),
+    ),
+    "lamb": _pair("lamb", "state_bits params", learning_rate=1e-2, weight_decay=0.01),
+    "lion": _pair(
+        "lion",
+        "state_bits elementwise params mu_dtype",
+        learning_rate=1e-3,
+        weight_decay=0.1,
+    ),
+    "sgd": _pair("sgd", "elementwise", learning_rate=1e-2),
+    "sgd_momentum": _pair(
+        "sgd", "state_bits elementwise", learning_rate=1e-2, momentum=0.9
+    ),
+    "sgd_nesterov": _pair(
+        "sgd", "state_bits elementwise", learning_rate=1e-2, momentum=0.9, nesterov=True
+    ),
+    "rmsprop": _pair("rmsprop", "state_bits elementwise", learning_rate=1e-2),
+    # Centred, its moments take 32 or 16 bits only (tested in test_storage).
     "rmsprop_centered_momentum": _pair(
-        "rmsprop", learning_rate=1e-2, centered=True, momentum=0.5, eps_in_sqrt=False
+        "rmsprop",
+        "elementwise",
+        learning_rate=1e-2,
+        centered=True,
+        momentum=0.5,
+        eps_in_sqrt=False,
     ),
-    "adafactor": _pair("adafactor", learning_rate=1e-2, min_dim_size_to_factor=4),
+    "adafactor": _pair(
+        "adafactor", "params", learning_rate=1e-2, min_dim_size_to_factor=4
+    ),
     "adafactor_momentum_decay": _pair(
-        "adafactor", learning_rate=1e-2, momentum=0.9, weight_decay_rate=0.01
+        "adafactor",
+        "params",
+        learning_rate=1e-2,
+        momentum=0.9,
+        weight_decay_rate=0.01,
+    ),
+    # Wrappers and combinators around optimizers of the table.
+    # Injected floats kept in the default float dtype by both (adamx keeps
+    # float32 unless told otherwise, Optax the values' own dtype).
+    "inject_hyperparams_adamw": Entry(
+        lambda **storage: adamx.inject_hyperparams(
+            adamx.adamw, hyperparam_dtype=_default_float()
+        )(1e-2, weight_decay=0.1, **storage),
+        lambda: optax.inject_hyperparams(
+            optax.adamw, hyperparam_dtype=_default_float()
+        )(1e-2, weight_decay=0.1),
+        frozenset({"optax", "state_bits", "elementwise", "params", "wrapped"}),
+    ),
+    "clip_then_adam": Entry(
+        lambda **storage: adamx.chain(
+            adamx.clip_by_global_norm(0.5), adamx.adam(1e-2, **storage)
+        ),
+        lambda: optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2)),
+        frozenset({"optax", "state_bits", "elementwise", "wrapped"}),
+    ),
+    "apply_if_finite_radam": Entry(
+        lambda **storage: adamx.apply_if_finite(adamx.radam(1e-2, **storage), 3),
+        lambda: optax.apply_if_finite(optax.radam(1e-2), 3),
+        frozenset({"optax", "state_bits", "elementwise", "wrapped"}),
+    ),
+    # Optax's MultiSteps keeps a running mean of the micro-gradients, adamx
+    # their sum, divided at the step: the same to rounding, not bit for bit.
+    "multi_steps_adam": Entry(
+        lambda **storage: adamx.MultiSteps(
+            adamx.adam(1e-2, **storage), every_k_schedule=2
+        ).gradient_transformation(),
+        None,
+        frozenset({"state_bits", "elementwise", "wrapped"}),
     ),
 }
 
-# Optimizers with a mu_dtype argument (first-moment dtype).
-MU_DTYPE = ["adam", "adamw", "nadam", "nadamw", "amsgrad", "lion"]
-# Optimizers with an adamx-only nu_dtype argument (second-moment dtype).
-NU_DTYPE = ["adam", "adamw", "nadam", "nadamw"]
+
+def ids(*tags: str, without: tuple[str, ...] = ()) -> list[str]:
+    """The entries that carry every one of ``tags`` and none of ``without``."""
+    return [
+        name
+        for name, entry in OPTIMIZERS.items()
+        if set(tags) <= entry.tags and not set(without) & entry.tags
+    ]

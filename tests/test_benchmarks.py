@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.internals
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

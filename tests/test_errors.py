@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizer_table import MU_DTYPE, NU_DTYPE
+from optimizer_table import OPTIMIZERS, ids
 
 import adamx
 
@@ -44,6 +44,7 @@ def _bad_beta_cases():
         "amsgrad": lambda **kw: adamx.amsgrad(1e-3, **kw),
         "adamax": lambda **kw: adamx.adamax(1e-3, **kw),
         "lion": lambda **kw: adamx.lion(1e-3, **kw),
+        "adopt": lambda **kw: adamx.adopt(1e-3, **kw),
         "scale_by_adam": adamx.scale_by_adam,
     }
     return [
@@ -61,6 +62,25 @@ def _bad_beta_cases():
 
 CONSTRUCTION = [
     *_bad_beta_cases(),
+    # Storage the formula cannot take.
+    case(
+        lambda: adamx.adopt(1e-3, use_clipping=False, state_bits=8),
+        ValueError,
+        r"state_bits=8 needs use_clipping=True",
+        "adopt-8bit-unclipped",
+    ),
+    case(
+        lambda: adamx.rmsprop(1e-3, centered=True, state_bits=4),
+        ValueError,
+        r"scale_by_stddev cannot store its moments in 4 bits",
+        "rmsprop-centered-4bit",
+    ),
+    case(
+        lambda: adamx.adopt(1e-3, clip_value_fn=0.5),
+        TypeError,
+        names("clip_value_fn", 0.5),
+        "adopt-clip_value_fn",
+    ),
     # NaN and infinity.
     case(lambda: adamx.adam(1e-3, b1=NAN), ValueError, names("b1", NAN), "nan-b1"),
     case(lambda: adamx.adam(1e-3, eps=NAN), ValueError, names("eps", NAN), "nan-eps"),
@@ -448,22 +468,22 @@ WRAPPERS = [
 STATE_DTYPES = [
     *[
         case(
-            lambda name=name, value=value: getattr(adamx, name)(1e-3, mu_dtype=value),
+            lambda name=name, value=value: OPTIMIZERS[name].ours(mu_dtype=value),
             TypeError,
             names("mu_dtype", value),
             f"{name}-mu_dtype={dtype_id(value)}",
         )
-        for name in MU_DTYPE
+        for name in ids("mu_dtype")
         for value in ["int8", jnp.int32]
     ],
     *[
         case(
-            lambda name=name, value=value: getattr(adamx, name)(1e-3, nu_dtype=value),
+            lambda name=name, value=value: OPTIMIZERS[name].ours(nu_dtype=value),
             TypeError,
             names("nu_dtype", value),
             f"{name}-nu_dtype={dtype_id(value)}",
         )
-        for name in NU_DTYPE
+        for name in ids("nu_dtype")
         for value in ["int8", jnp.int32]
     ],
     case(

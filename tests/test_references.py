@@ -198,6 +198,26 @@ def lamb_ref(
     return p - lr * ratio * r
 
 
+def adopt_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.9999, eps=1e-6, use_clipping=True, nesterov=False
+):
+    """Taniguchi et al. (2024), as the authors' code (iShohei220/adopt) runs it.
+
+    The first step only measures v; later ones divide by the previous v,
+    clip at (t - 1)^(1/4) and move by the first moment. The Nesterov form is
+    Optax's addition.
+    """
+    if t == 1:
+        s["v"] = g * g
+        return p
+    normed = g / np.maximum(np.sqrt(s["v"]), eps)
+    if use_clipping:
+        normed = np.clip(normed, -((t - 1) ** 0.25), (t - 1) ** 0.25)
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * normed
+    s["v"] = b2 * s["v"] + (1 - b2) * g * g
+    return p - lr * (b1 * m + (1 - b1) * normed if nesterov else m)
+
+
 def lion_ref(p, g, s, t, lr, b1=0.9, b2=0.99, weight_decay=1e-3):
     """Chen et al. (2023), Algorithm 2; the decay is multiplied by the learning rate."""
     m = s.get("m", 0.0)
@@ -310,6 +330,7 @@ REFERENCES = {
     "adabelief": adabelief_ref,
     "lamb": lamb_ref,
     "lion": lion_ref,
+    "adopt": adopt_ref,
     "sgd": sgd_ref,
     "rmsprop": rmsprop_ref,
     "adafactor": adafactor_ref,
@@ -348,6 +369,9 @@ CASES = [
     ("lamb", {}),
     ("lamb", {"weight_decay": 0.1, "eps": 1e-8}),
     ("lamb", {"eps_root": 1e-4}),
+    ("adopt", {}),
+    ("adopt", {"b1": 0.8, "b2": 0.99, "eps": 1e-3}),
+    ("adopt", {"use_clipping": False, "nesterov": True}),
     ("lion", {}),
     ("lion", {"b1": 0.95, "b2": 0.98, "weight_decay": 0.1}),
     ("lion", {"weight_decay": 0.0}),
@@ -525,6 +549,9 @@ def _linear_lr(init_value, end_value, transition_steps):
 SCHEDULE_CASES = [
     ("adam", {}),
     ("adamw", {"weight_decay": 0.1}),
+    ("adopt", {}),
+    ("adopt", {"b1": 0.8, "b2": 0.99, "eps": 1e-3}),
+    ("adopt", {"use_clipping": False, "nesterov": True}),
     ("lion", {}),
     ("sgd", {"momentum": 0.9}),
     ("rmsprop", {"momentum": 0.9}),

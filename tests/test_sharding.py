@@ -335,10 +335,10 @@ def test_sharded_state_round_trips_through_a_checkpoint(tmp_path):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
 
 
-def test_sharded_works_with_fused_buffers():
+def test_sharded_works_with_flat_buffers():
     mesh = make_mesh((8,), ("data",))
     host = host_params({"w": (16, 12), "b": (8,)})  # 200 floats: 25 per device
-    tx = adamx.adam(1e-2, fused=True)
+    tx = adamx.adam(1e-2)
     flat = jax.device_put(adamx.ravel(host), NamedSharding(mesh, P()))
     ztx = sharded(tx, mesh)
     state = ztx.init(flat)
@@ -441,8 +441,8 @@ def test_sharded_keeps_wrapped_state_usable():
     state = tx.init(params)
     _, state = run(tx, params, 1, state)
     assert float(adamx.get_learning_rate(state)) == pytest.approx(0.1)
-    assert adamx.is_elementwise(sharded(adamx.adam(1e-3), mesh))
-    assert not adamx.is_elementwise(sharded(adamx.lamb(1e-3), mesh))
+    assert adamx.traits_of(sharded(adamx.adam(1e-3), mesh)).elementwise is True
+    assert adamx.traits_of(sharded(adamx.lamb(1e-3), mesh)).elementwise is False
 
 
 def test_sharded_checks_its_arguments():

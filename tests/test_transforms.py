@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import compiled_step
 
 import adamx
 
@@ -302,20 +303,7 @@ def test_bfloat16_moments_are_used_as_stored(params_dtype):
         np.testing.assert_allclose(np.asarray(u, np.float64), expected, rtol=rtol)
 
 
-def compiled_step(tx, params):
-    """The donated step ``p + tx.update(g, s, p)``, compiled for ``params``."""
-
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return adamx.apply_updates(p, u), s
-
-    return (
-        jax.jit(step, donate_argnums=(0, 1))
-        .lower(params, tx.init(params), params)
-        .compile()
-    )
-
-
+@pytest.mark.internals
 def test_bfloat16_adam_step_copies_no_moment():
     # Donated bfloat16 moments are overwritten in place; were the update computed
     # from the unrounded moments, XLA would keep a copy of each old one aside.

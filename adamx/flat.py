@@ -1,13 +1,16 @@
-r"""A flat parameter layout, and the fused optimizer step that runs on it.
+r"""A flat parameter layout: one buffer per dtype, one pass per buffer.
 
 An optimizer over a tree of :math:`L` leaves runs at least one kernel per leaf;
 with many small leaves the per-kernel overhead, not memory traffic, sets the
 step time. :class:`FlatParams` keeps all leaves of one dtype in a single 1-D
-buffer, so an element-wise optimizer reads and writes each buffer in one pass.
-The training step unravels the buffer into the familiar tree inside the loss::
+buffer, so an element-wise optimizer reads and writes each buffer in one pass:
+the layout is the fusion, and any element-wise optimizer takes it as it is. A
+per-leaf one (trust ratios, factored or block-quantized moments, masks) refuses
+it when its state is built, as its traits declare. The training step unravels
+the buffer into the familiar tree inside the loss::
 
     flat = adamx.ravel(params)                 # once, before training
-    tx = adamx.adam(1e-3, fused=True)
+    tx = adamx.adam(1e-3)
     opt_state = tx.init(flat)
 
     def loss_fn(flat, batch):
@@ -18,9 +21,9 @@ The training step unravels the buffer into the familiar tree inside the loss::
     flat = adamx.apply_updates(flat, updates)
 
 Concatenating a tree into buffers and splitting the result back on every step
-is no substitute: measured on CPU it costs more than it saves once leaves are
-larger than a few thousand elements (see ``docs/performance.md``). So
-:func:`fused` runs a plain tree leaf by leaf, as the unfused chain would.
+is no substitute: it costs more than it saves once leaves are larger than a
+few thousand elements (``docs/performance.md``). So the layout is chosen once,
+before training, not per step.
 
 Compile time moves the other way with the tree's shapes: XLA generates one
 kernel for all identical ones, and each leaf's slice of the buffer is a kernel
@@ -35,10 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adamx.base import GradientTransformation, elementwise, is_elementwise
-from adamx.combine import call_update, check_transformation
-
-__all__ = ["FlatParams", "fused", "ravel"]
+__all__ = ["FlatParams", "ravel"]
 
 
 class _Slot(NamedTuple):
@@ -157,62 +157,3 @@ def ravel(tree: Any) -> FlatParams:
     buffers = {n: jnp.array(jnp.concatenate(parts[n]), copy=True) for n in names}
     layout = _Layout(treedef, tuple(slots), tuple((n, offsets[n]) for n in names))
     return FlatParams(buffers, layout)
-
-
-def fused(tx: GradientTransformation) -> GradientTransformation:
-    r"""Run an element-wise optimizer in as few passes as the layout allows.
-
-    .. math:: (u, S) = f(g, S) \text{ on one buffer per dtype}
-
-    On a :class:`FlatParams` (see :func:`ravel`) the state is one buffer per
-    dtype and each transformation reads and writes each buffer once per step,
-    whatever the number of leaves. On a plain tree it runs leaf by leaf, as the
-    unfused chain does, because concatenating and splitting on every step
-    costs more than it saves. The numbers are those of ``tx`` either way.
-
-    ``tx`` must be element-wise apart from global reductions (Adam family,
-    momentum, weight decay without a mask, clipping by value or global norm,
-    schedules, and wrappers of these); a per-leaf transformation (trust ratio,
-    factored moments, masks, partitions) would compute something else on a
-    flat buffer and is refused with a ``TypeError``.
-
-    Args:
-        tx: the transformation to run.
-
-    Returns:
-        A :class:`~adamx.GradientTransformation` with ``tx``'s state.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> params = adamx.ravel({"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
-        >>> tx = adamx.fused(adamx.sgd(0.5))
-        >>> updates, _ = tx.update(params, tx.init(params), params)
-        >>> updates.unravel()["w"]
-        Array([[-0.5, -0.5],
-               [-0.5, -0.5]], dtype=float32)
-    """
-    check_transformation("tx", tx)
-    if not is_elementwise(tx):
-        raise TypeError(
-            "fused needs an element-wise transformation (Adam family, momentum, "
-            "weight decay without a mask, clipping, schedules); got one that works "
-            "per leaf or is not known to be element-wise (such as masked, "
-            "partition, scale_by_trust_ratio, scale_by_factored_rms, or an Optax "
-            f"transformation): {tx!r}"
-        )
-
-    def init_fn(params):
-        return tx.init(params)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        return call_update(tx, updates, state, params, extra_args)
-
-    return elementwise(GradientTransformation(init_fn, update_fn))
-
-
-def fused_or_plain(
-    tx: GradientTransformation, use_fused: bool
-) -> GradientTransformation:
-    """``fused(tx)`` if ``use_fused`` else ``tx`` (the ``fused=`` of optimizers)."""
-    return fused(tx) if use_fused else tx

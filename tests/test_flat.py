@@ -1,12 +1,13 @@
-"""Tests of adamx/fused.py: the flat layout and the fused step on it."""
+"""Tests of adamx/flat.py: the flat layout, on which element-wise optimizers make
+one pass per buffer and per-leaf ones refuse to run."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from optimizer_table import OPTIMIZERS, ids
 
 import adamx
 
@@ -65,23 +66,6 @@ def test_gradient_of_a_flat_layout_is_a_flat_layout():
         np.testing.assert_allclose(x, y, rtol=1e-6)
 
 
-OPTIMIZERS = {
-    "adam": lambda: adamx.adam(1e-2),
-    "adam_fused_flag": lambda: adamx.adam(1e-2, fused=True),
-    "adamw_schedule": lambda: adamx.adamw(
-        adamx.cosine_decay_schedule(1e-2, 20), weight_decay=0.1, fused=True
-    ),
-    "nadamw": lambda: adamx.nadamw(1e-2, fused=True),
-    "clip_then_adam": lambda: adamx.fused(
-        adamx.chain(adamx.clip_by_global_norm(0.5), adamx.adam(1e-2))
-    ),
-    "sgd_nesterov": lambda: adamx.fused(adamx.sgd(1e-2, momentum=0.9, nesterov=True)),
-    "lion": lambda: adamx.fused(adamx.lion(1e-3)),
-    "injected": lambda: adamx.inject_hyperparams(adamx.adam)(1e-2, fused=True),
-    "guarded": lambda: adamx.fused(adamx.apply_if_finite(adamx.radam(1e-2), 3)),
-}
-
-
 def run_tree(tx, tree, steps):
     @jax.jit
     def step(p, s):
@@ -109,11 +93,11 @@ def run_flat(tx, tree, steps):
     return flat, state
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_fused_flat_step_equals_the_unfused_chain_on_the_tree(name):
+@pytest.mark.parametrize("name", ids("elementwise"))
+def test_flat_step_equals_the_chain_on_the_tree(name):
     tree = make_tree()
-    plain = run_tree(OPTIMIZERS[name](), tree, 15)
-    flat, state = run_flat(OPTIMIZERS[name](), tree, 15)
+    plain = run_tree(OPTIMIZERS[name].ours(), tree, 15)
+    flat, state = run_flat(OPTIMIZERS[name].ours(), tree, 15)
     got = flat.unravel()
     assert jax.tree.structure(got) == jax.tree.structure(plain)
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(plain), strict=True):
@@ -121,19 +105,12 @@ def test_fused_flat_step_equals_the_unfused_chain_on_the_tree(name):
     # Every non-scalar state array is a whole buffer, not one array per leaf.
     buffer_size = flat.buffers["float32"].size
     arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
-    assert arrays and all(x.shape == (buffer_size,) for x in arrays)
+    assert all(x.shape == (buffer_size,) for x in arrays)
+    assert arrays or name == "sgd"
 
 
-def test_fused_on_a_tree_matches_plain():
-    tree = make_tree()
-    plain = run_tree(adamx.adamw(1e-2), tree, 5)
-    fused = run_tree(adamx.adamw(1e-2, fused=True), tree, 5)
-    for x, y in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
-def test_fused_state_round_trips_through_a_checkpoint(tmp_path):
-    tx = adamx.adam(1e-2, fused=True)
+def test_flat_state_round_trips_through_a_checkpoint(tmp_path):
+    tx = adamx.adam(1e-2)
     flat, state = run_flat(tx, make_tree(), 3)
     adamx.checkpoint.save(tmp_path / "ckpt", {"params": flat, "opt": state})
     target = {"params": flat, "opt": tx.init(flat)}
@@ -145,19 +122,38 @@ def test_fused_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "make",
+    "make, name",
     [
-        lambda: adamx.lamb(1e-3),
-        lambda: adamx.adafactor(1e-3),
-        lambda: adamx.adamw(1e-3, mask={"w": True}),
-        lambda: adamx.partition({"a": adamx.adam(1e-3)}, {"w": "a"}),
-        lambda: optax.adam(1e-3),
+        (lambda: adamx.adam(1e-3, state_bits=8), "scale_by_adam"),
+        (lambda: adamx.lamb(1e-3), "scale_by_trust_ratio"),
+        (lambda: adamx.adafactor(1e-3), "scale_by_factored_rms"),
+        (lambda: adamx.adamw(1e-3, mask={"w": True}), "masked"),
+        (lambda: adamx.partition({"a": adamx.adam(1e-3)}, {"w": "a"}), "partition"),
+        (lambda: adamx.clip_by_block_rms(1.0), "clip_by_block_rms"),
     ],
-    ids=["lamb", "adafactor", "masked", "partition", "optax"],
+    ids=["8-bit", "lamb", "adafactor", "masked", "partition", "block rms"],
 )
-def test_fused_refuses_per_leaf_transformations(make):
-    with pytest.raises(TypeError, match="element-wise"):
-        adamx.fused(make())
+def test_per_leaf_transformations_refuse_a_flat_layout(make, name):
+    # Their traits say they work leaf by leaf: init refuses, naming the stage.
+    with pytest.raises(TypeError, match=f"{name} works leaf by leaf.*FlatParams"):
+        make().init(adamx.ravel(make_tree()))
+    # The tree itself is fine.
+    make().init({"w": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("name", ids(without=("elementwise",)))
+def test_the_table_declares_which_optimizers_are_element_wise(name):
+    # The tag and the traits agree: what is not element-wise says so.
+    assert adamx.traits_of(OPTIMIZERS[name].ours()).elementwise is not True
+
+
+@pytest.mark.parametrize("name", ids("elementwise"))
+def test_element_wise_optimizers_declare_it(name):
+    assert adamx.traits_of(OPTIMIZERS[name].ours()).elementwise is True
+    # Block codes are per leaf, where the optimizer has moments to store.
+    if "state_bits" in OPTIMIZERS[name].tags:
+        tx = OPTIMIZERS[name].ours(state_bits=4)
+        assert adamx.traits_of(tx).elementwise is False
 
 
 def test_ravel_refuses_sharded_params():

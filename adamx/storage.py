@@ -1,0 +1,330 @@
+r"""How a transformation stores its moments: ``state_bits``, ``mu_dtype``, ``nu_dtype``.
+
+A transformation that keeps moments per param (Adam's :math:`m` and :math:`v`,
+a momentum buffer) describes them once, as :class:`Moment` entries, and takes a
+:class:`Storage` parsed from its arguments at construction. Everything that
+depends on how the moments are kept lives here:
+
+* ``state_bits=32`` stores each moment in its dtype argument (``mu_dtype``,
+  ``nu_dtype``), or the param's; ``16`` in bfloat16; ``8`` and ``4`` as
+  block-wise codes (:class:`adamx.lowbit.QuantizedArray`) for floating params of
+  at least :data:`MIN_QUANTIZED_SIZE` elements, float32 for smaller ones.
+* Second moments (``signed=False``) of complex params are real: they hold
+  :math:`|g|^2`, stored in the param's real dtype. A complex param's other
+  moments stay complex, at the precision a real dtype argument asks for
+  (``mu_dtype=float32``: complex64), and at full precision whatever
+  ``state_bits`` says.
+* Codes live where their param does: split by whole blocks over the axes that
+  split the param's rows (:func:`adamx.lowbit.block_axes`), else replicated.
+* :func:`update_moments` runs one leaf's element-wise step on its stored
+  moments: cast in and out, or decoded and encoded again inside the step.
+
+The arithmetic stays the transformation's; :mod:`adamx.moments` puts the two
+together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamx import checks, lowbit
+from adamx.base import check_same_shapes, check_same_structure, wider_dtype
+
+__all__ = [
+    "MIN_QUANTIZED_SIZE",
+    "STATE_BITS",
+    "Moment",
+    "Storage",
+    "as_placeholders",
+    "as_stored_fns",
+    "check_moment_tree",
+    "real_dtype",
+    "store_like",
+    "update_moments",
+]
+
+#: The widths ``state_bits`` takes.
+STATE_BITS = (32, 16, 8, 4)
+#: Tensors with fewer elements keep float32 state: their codes would save
+#: little, and their block maxima would cost a larger share.
+MIN_QUANTIZED_SIZE = 4096
+
+
+class Moment(NamedTuple):
+    """One moment a transformation keeps per param, as a field of its state.
+
+    Example:
+        >>> from adamx.storage import Moment
+        >>> Moment("nu", signed=False, dtype="nu_dtype")
+        Moment(name='nu', signed=False, dtype='nu_dtype', initial=0.0)
+    """
+
+    name: str  # the state field that holds it
+    signed: bool = True  # False: real and >= 0 (a second moment)
+    dtype: str | None = None  # the Storage dtype argument it follows, if any
+    initial: Any = 0.0  # its value before the first step
+
+
+def real_dtype(dtype: Any) -> Any:
+    """The real dtype of the same precision: float32 for complex64."""
+    dtype = jnp.dtype(dtype)
+    return (
+        jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+    )
+
+
+class Storage(NamedTuple):
+    """How a transformation's moments are stored; static, parsed once.
+
+    ``bits`` is 32, 16, 8 or 4, or ``None`` where it is traced (a wrapper that
+    injects every number); a built state then says how it is stored.
+    ``dtypes`` maps a dtype argument's name (``"mu_dtype"``) to its value.
+
+    Example:
+        >>> from adamx.storage import Storage
+        >>> Storage.parse(8).elementwise, Storage.parse(16).elementwise
+        (False, True)
+    """
+
+    bits: int | None = 32
+    dtypes: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, state_bits: Any = None, **dtypes: Any) -> Storage:
+        """Validate a factory's storage arguments, naming any that is wrong.
+
+        Args:
+            state_bits: 32, 16, 8 or 4; ``None`` is 32 (a default that Optax's
+                ``inject_hyperparams``, which injects numbers, leaves alone).
+            **dtypes: the factory's dtype arguments by name (``mu_dtype=...``);
+                any that is not ``None`` conflicts with ``state_bits != 32``.
+
+        Returns:
+            The :class:`Storage`.
+        """
+        checked = tuple(
+            (name, checks.check_moment_dtype(name, value))
+            for name, value in dtypes.items()
+        )
+        bits = _check_state_bits(32 if state_bits is None else state_bits)
+        given = [f"{k}={v!r}" for k, v in dtypes.items() if v is not None]
+        if bits is not None and bits != 32 and given:
+            raise ValueError(
+                f"state_bits={bits} sets how the moments are stored, and so does "
+                f"{' and '.join(given)}: pass one or the other, not both"
+            )
+        return cls(bits, checked)
+
+    @property
+    def elementwise(self) -> bool | None:
+        """Whether moments so stored are element-wise: block codes are not (on a
+        flat buffer their blocks would span leaves)."""
+        if self.bits is None:
+            return None
+        return self.bits in (32, 16)
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits in lowbit.BLOCK_SIZES
+
+    def dtype_of(self, moment: Moment) -> Any:
+        """The dtype argument ``moment`` follows (``None``: the params')."""
+        return dict(self.dtypes).get(moment.dtype) if moment.dtype else None
+
+    def init(self, moment: Moment, params: Any) -> Any:
+        """The moment's value before the first step, for every param.
+
+        Args:
+            moment: which moment.
+            params: the params (arrays, or shape/dtype structs).
+
+        Returns:
+            A tree like ``params``; a quantized param's moment is one
+            :class:`~adamx.lowbit.QuantizedArray` node.
+        """
+        if self.bits is None:
+            raise ValueError(
+                "state_bits must be known to build the state, got a traced value: "
+                "keep it out of the traced hyperparameters (static_args='state_bits')"
+            )
+        dtype = self.dtype_of(moment)
+        return jax.tree.map(lambda p: self._leaf(moment, dtype, p), params)
+
+    def _leaf(self, moment: Moment, dtype: Any, p: Any) -> Any:
+        complex_param = jnp.issubdtype(p.dtype, jnp.complexfloating)
+        if self.bits == 32 or complex_param:
+            store = jnp.dtype(p.dtype if dtype is None else dtype)
+            if not moment.signed:
+                store = real_dtype(store)
+            elif complex_param and not jnp.issubdtype(store, jnp.complexfloating):
+                # A real dtype asks for a precision: a complex param's moment
+                # keeps both its parts at that precision.
+                store = jnp.dtype(
+                    jnp.complex128 if store.itemsize == 8 else jnp.complex64
+                )
+            return _full_like(p, moment.initial, store)
+        if self.bits == 16:
+            return _full_like(p, moment.initial, jnp.bfloat16)
+        bits = int(self.bits or 0)
+        store = wider_dtype(p.dtype, jnp.float32)
+        floating = jnp.issubdtype(p.dtype, jnp.floating)
+        if not (floating and math.prod(p.shape) >= MIN_QUANTIZED_SIZE):
+            return _full_like(p, moment.initial, store)
+        if _is_zero(moment.initial):
+            q = lowbit.zeros(tuple(p.shape), store, bits, moment.signed)
+        else:
+            full = jnp.full(p.shape, moment.initial, store)
+            q = lowbit.quantize(full, bits, moment.signed)
+        return _place_like(p, q)
+
+
+def _is_zero(x: Any) -> bool:
+    return isinstance(x, (int, float)) and x == 0
+
+
+def _full_like(p: Any, value: Any, dtype: Any) -> jax.Array:
+    # zeros_like and full_like keep the sharding of a concrete, sharded param.
+    if _is_zero(value):
+        return jnp.zeros_like(p, dtype=dtype)
+    return jnp.full_like(p, value, dtype=dtype)
+
+
+def _check_state_bits(state_bits: Any) -> int | None:
+    """``state_bits`` as an int; ``None`` if traced; a ``ValueError`` if invalid.
+
+    Optax's ``inject_hyperparams`` passes every number as an array, and traced
+    ones while the step is traced; the storage of a state already built is
+    read from the state, so a traced value is let through.
+    """
+    if isinstance(state_bits, jax.core.Tracer):
+        return None
+    if isinstance(state_bits, (jax.Array, np.ndarray, np.generic)) and not (
+        np.ndim(state_bits) or jnp.issubdtype(state_bits.dtype, jnp.bool_)
+    ):
+        value = np.asarray(state_bits).item()
+        state_bits = int(value) if value in STATE_BITS else state_bits
+    if (
+        isinstance(state_bits, bool)
+        or not isinstance(state_bits, (int, np.integer))
+        or state_bits not in STATE_BITS
+    ):
+        raise ValueError(f"state_bits must be one of 32, 16, 8, 4, got {state_bits!r}")
+    return int(state_bits)
+
+
+def _place_like(like: Any, q: lowbit.QuantizedArray) -> lowbit.QuantizedArray:
+    """Put a quantized moment on the devices of a concrete, sharded param,
+    its blocks split as :func:`adamx.lowbit.block_axes` says."""
+    sharding = getattr(like, "sharding", None)
+    if (
+        isinstance(like, jax.core.Tracer)
+        or not isinstance(like, jax.Array)
+        or sharding is None
+        or len(sharding.device_set) == 1
+    ):
+        return q
+    P = jax.sharding.PartitionSpec
+    named = jax.sharding.NamedSharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None:
+        devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
+        mesh, split = jax.sharding.Mesh(devices, ("devices",)), None
+    else:
+        split = lowbit.block_axes(getattr(sharding, "spec", None), mesh, q.format)
+    return lowbit.QuantizedArray(
+        jax.device_put(q.codes, named(mesh, P(split, None))),
+        jax.device_put(q.absmax, named(mesh, P(split))),
+        q.format,
+    )
+
+
+def as_placeholders(tree: Any) -> Any:
+    """``tree`` with each :class:`~adamx.lowbit.QuantizedArray` replaced by one leaf.
+
+    Its structure and leaf shapes are then those of the params, for checks.
+    """
+
+    def placeholder(x: Any) -> Any:
+        if lowbit.is_quantized(x):
+            return jax.ShapeDtypeStruct(x.format.shape, x.format.dtype)
+        return x
+
+    return jax.tree.map(placeholder, tree, is_leaf=lowbit.is_quantized)
+
+
+def check_moment_tree(
+    updates: Any, moment: Any, name: str, *, shapes: bool = True
+) -> None:
+    """Raise a ``ValueError`` naming both trees where ``updates`` does not
+    match a moment (or params) tree; a quantized moment counts as one leaf."""
+    check = check_same_shapes if shapes else check_same_structure
+    check("updates", updates, name, as_placeholders(moment))
+
+
+def store_like(x: Any, like: Any) -> Any:
+    """A fresh moment in the storage of ``like`` (already so when quantized)."""
+    if lowbit.is_quantized(like):
+        return x
+    return x.astype(like.dtype)
+
+
+def as_stored_fns(*moments: Any) -> list[Callable[[jax.Array], jax.Array]]:
+    """Per moment, a function rounding a fresh value to the moment's storage.
+
+    Where a moment is stored in bfloat16 and computed in float32, the update is
+    computed from the moment as it will be stored: XLA can then read the new
+    moment from the loop that writes it, instead of recomputing it from the old
+    one, which it would have to keep aside (a copy of every moment, each step)
+    while the new one overwrites it in place. Only where the storage has the
+    computation's exponent range: a float16 second moment would underflow to
+    zero, and the update divide by ``eps`` alone, so float16 (and float32 under
+    float64) moments are used as computed. Quantized moments, too: each pass of
+    their step recomputes the new moments from the old codes.
+    """
+
+    def fn(m: Any) -> Callable[[jax.Array], jax.Array]:
+        if lowbit.is_quantized(m):
+            return lambda x: x
+        dtype = jnp.dtype(m.dtype)
+
+        def as_stored(x: jax.Array) -> jax.Array:
+            narrower = dtype.itemsize < x.dtype.itemsize
+            if narrower and jnp.finfo(dtype).minexp == jnp.finfo(x.dtype).minexp:
+                return x.astype(dtype).astype(x.dtype)
+            return x
+
+        return as_stored
+
+    return [fn(m) for m in moments]
+
+
+def update_moments(
+    body: Callable[..., tuple], dtypes: list[Any], g: jax.Array, *moments: Any
+) -> tuple:
+    """Run an element-wise leaf update on stored moments.
+
+    ``body(g, *moments)`` gets each moment in its entry of ``dtypes`` and
+    returns ``(update, *new_moments)`` in them. Moments stored as arrays are
+    cast in and returned as computed (the caller casts them back with
+    :func:`store_like`); quantized ones are decoded and the new values encoded
+    again inside the same computation (:func:`adamx.lowbit.update_quantized`).
+
+    Args:
+        body: the element-wise update of one leaf.
+        dtypes: the dtype each moment is computed in.
+        g: the gradient leaf.
+        *moments: the stored moments of that leaf.
+
+    Returns:
+        ``(update, *new_moments)``, the update in the shape of ``g``.
+    """
+    if not any(lowbit.is_quantized(m) for m in moments):
+        return body(g, *(m.astype(d) for m, d in zip(moments, dtypes, strict=True)))
+    # Only real floating params are quantized: their moments share one dtype.
+    return lowbit.update_quantized(body, dtypes[0], g, *moments)

@@ -1,0 +1,103 @@
+"""Helpers the test modules share: a small problem, steps, and tree comparisons."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adamx
+
+
+def make_params(dtype=jnp.float32, seed=0):
+    """A small tree: a matrix, a vector and a nested rank-3 leaf."""
+    rng = np.random.default_rng(seed)
+    return {
+        "w": jnp.asarray(rng.normal(size=(4, 6)), dtype),
+        "b": jnp.asarray(rng.normal(size=(6,)), dtype),
+        "nested": {"k": jnp.asarray(rng.normal(size=(3, 2, 5)), dtype)},
+    }
+
+
+def loss(params, x):
+    """A loss of ``make_params``' tree whose gradient depends on the params."""
+    h = jnp.tanh(x @ params["w"] + params["b"])
+    return (
+        jnp.mean(h**2)
+        + 0.1 * jnp.sum(jnp.sin(params["nested"]["k"]))
+        + 0.01 * jnp.sum(params["w"] ** 4)
+    )
+
+
+def batch(step, dtype=jnp.float32, n=8):
+    """The inputs of step ``step``: fixed by the step, fresh at each one."""
+    return jnp.asarray(np.random.default_rng(100 + step).normal(size=(n, 4)), dtype)
+
+
+def make_step(tx, apply_updates=adamx.apply_updates, loss_fn=loss):
+    """``(params, state, x) -> (params, state)``: one step on ``loss_fn``."""
+
+    def step(params, state, x):
+        grads = jax.grad(loss_fn)(params, x)
+        updates, state = tx.update(grads, state, params)
+        return apply_updates(params, updates), state
+
+    return step
+
+
+def run(tx, params, steps, apply_updates=adamx.apply_updates, jit=True):
+    """Params and state after ``steps`` steps of ``tx`` on :func:`loss`."""
+    step = make_step(tx, apply_updates)
+    step = jax.jit(step) if jit else step
+    state = tx.init(params)
+    for i in range(steps):
+        params, state = step(params, state, batch(i, jax.tree.leaves(params)[0].dtype))
+    return params, state
+
+
+def chain_step(tx):
+    """The jitted ``(params, state, grads) -> (params, state)`` of the chain."""
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return adamx.apply_updates(params, updates), state
+
+    return jax.jit(step)
+
+
+def compiled_step(tx, params):
+    """The donated step ``p + tx.update(g, s, p)``, compiled for ``params``."""
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return adamx.apply_updates(p, u), s
+
+    return (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), params)
+        .compile()
+    )
+
+
+def as_bits(x):
+    """The leaf's raw bits, so that NaN payloads and -0.0 are compared too."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    x = np.asarray(x)
+    if x.dtype.kind not in "biu":  # floats, including ml_dtypes' bfloat16
+        x = x.view(f"u{x.dtype.itemsize}")
+    return x
+
+
+def assert_bitwise_equal(a, b):
+    """Same structure, dtypes, shapes and bits, leaf by leaf."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert getattr(x, "dtype", None) == getattr(y, "dtype", None)
+        assert np.shape(x) == np.shape(y)
+        np.testing.assert_array_equal(as_bits(x), as_bits(y))
+
+
+def assert_trees_close(a, b, rtol, atol=0.0):
+    """Same structure, and leaves close to ``rtol`` and ``atol``."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
