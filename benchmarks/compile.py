@@ -108,7 +108,7 @@ def variants(params: dict) -> dict:
     return {
         "optax.adam": tree_step(optax.adam(1e-3), optax.apply_updates),
         "adamx.adam": tree_step(adamx.adam(1e-3), adamx.apply_updates),
-        "adamx.adam flat": flat_step(adamx.adam(1e-3, fused=True)),
+        "adamx.adam flat": flat_step(adamx.adam(1e-3)),
         # The native kernels update the leaves (on CPU; elsewhere the chain).
         "adamx.step": tree_step(adamx.adam(1e-3), None, in_place=True),
     }

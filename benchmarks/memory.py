@@ -37,11 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step import shuffled_rounds  # noqa: E402
 
 import adamx  # noqa: E402
-from adamx.lowbit import (  # noqa: E402
-    kahan_summation,
-    state_nbytes,
-    stochastic_rounding,
-)
+from adamx.lowbit import state_nbytes  # noqa: E402
+from adamx.precision import kahan_summation, stochastic_rounding  # noqa: E402
 
 # name: (optimizer factory, params dtype)
 TABLE = {

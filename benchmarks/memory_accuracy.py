@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import adamx  # noqa: E402
-from adamx.lowbit import kahan_summation, state_nbytes, stochastic_rounding  # noqa: E402
+from adamx.lowbit import state_nbytes  # noqa: E402
+from adamx.precision import kahan_summation, stochastic_rounding  # noqa: E402
 
 CONFIGS = {
     # name: (optimizer keyword arguments, params dtype, wrapper)

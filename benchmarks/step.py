@@ -202,12 +202,12 @@ def implementations(shapes, dtype, with_torch: bool) -> dict[str, Callable[[], N
         "optax.adam": JaxStep(optax.adam(1e-3), optax.apply_updates, params, grads),
         "adamx.adam": JaxStep(adamx.adam(1e-3), adamx.apply_updates, params, grads),
         "adamx fused (flat)": JaxStep(
-            adamx.adam(1e-3, fused=True), adamx.apply_updates, flat_p, flat_g
+            adamx.adam(1e-3), adamx.apply_updates, flat_p, flat_g
         ),
         # adamx.step writes the params and moments in one native loop on a
         # float32 buffer (bfloat16 buffers run the chain, as the row above).
         "adamx.step (flat)": JaxStep(
-            adamx.adam(1e-3, fused=True), None, flat_p, flat_g, in_place=True
+            adamx.adam(1e-3), None, flat_p, flat_g, in_place=True
         ),
         # Quantized moments (docs/memory.md): the same step, with the moments
         # decoded and encoded again inside it.
