@@ -16,6 +16,9 @@ Tags:
     nu_dtype     takes ``nu_dtype`` (second-moment dtype, adamx only).
     schedule     its learning rate is a schedule.
     real         defined for real params only: refuses complex ones.
+    variant      another configuration of an optimizer the table has: the
+                 checks that hold for any optimizer (scan, pmap, sharding,
+                 the flat layout, storage) take the others only.
     wrapped      a wrapper or combinator around an optimizer.
 """
 
@@ -60,7 +63,7 @@ WD_SCHEDULE = adamx.linear_schedule(0.1, 0.01, 50)
 OPTIMIZERS: dict[str, Entry] = {
     "adam": _pair("adam", f"{ADAM} kernel", learning_rate=1e-2),
     "adam_nesterov_eps_root": _pair(
-        "adam", ADAM, learning_rate=1e-2, eps_root=1e-8, nesterov=True
+        "adam", f"{ADAM} variant", learning_rate=1e-2, eps_root=1e-8, nesterov=True
     ),
     "adam_schedule": _pair(
         "adam",
@@ -84,14 +87,21 @@ OPTIMIZERS: dict[str, Entry] = {
             adamx.scale_by_learning_rate(1e-2),
         ),
         lambda: optax.adamw(1e-2, weight_decay=0.1),
-        frozenset({"optax", "state_bits", "elementwise", "kernel", "params"}),
+        frozenset(
+            {"optax", "state_bits", "elementwise", "kernel", "params", "variant"}
+        ),
     ),
     "nadam": _pair("nadam", ADAM, learning_rate=1e-2, b1=0.8),
-    "nadamw": _pair("nadamw", f"{ADAM} params", learning_rate=1e-2, weight_decay=0.05),
+    "nadamw": _pair(
+        "nadamw", f"{ADAM} params variant", learning_rate=1e-2, weight_decay=0.05
+    ),
     "amsgrad": _pair("amsgrad", "state_bits elementwise mu_dtype", learning_rate=1e-2),
     "adamax": _pair("adamax", "state_bits elementwise", learning_rate=1e-2),
     "adamaxw": _pair(
-        "adamaxw", "state_bits elementwise params", learning_rate=1e-2, weight_decay=0.1
+        "adamaxw",
+        "state_bits elementwise params variant",
+        learning_rate=1e-2,
+        weight_decay=0.1,
     ),
     "radam": _pair("radam", "state_bits elementwise", learning_rate=1e-2),
     "adabelief": _pair("adabelief", "state_bits elementwise", learning_rate=1e-2),
@@ -103,12 +113,14 @@ OPTIMIZERS: dict[str, Entry] = {
     "adopt_nesterov": Entry(
         lambda **storage: adamx.adopt(1e-2, b2=0.99, nesterov=True, **storage),
         lambda: optax.contrib.adopt(1e-2, b2=0.99, nesterov=True),
-        frozenset({"optax", "state_bits", "elementwise", "mu_dtype", "real"}),
+        frozenset(
+            {"optax", "state_bits", "elementwise", "mu_dtype", "real", "variant"}
+        ),
     ),
     "adopt_no_clipping": Entry(
         lambda **storage: adamx.adopt(1e-2, use_clipping=False, **storage),
         lambda: optax.contrib.adopt(1e-2, use_clipping=False),
-        frozenset({"optax", "elementwise", "mu_dtype", "real"}),
+        frozenset({"optax", "elementwise", "mu_dtype", "real", "variant"}),
     ),
     "lamb": _pair("lamb", "state_bits params", learning_rate=1e-2, weight_decay=0.01),
     "lion": _pair(
@@ -122,7 +134,11 @@ OPTIMIZERS: dict[str, Entry] = {
         "sgd", "state_bits elementwise", learning_rate=1e-2, momentum=0.9
     ),
     "sgd_nesterov": _pair(
-        "sgd", "state_bits elementwise", learning_rate=1e-2, momentum=0.9, nesterov=True
+        "sgd",
+        "state_bits elementwise variant",
+        learning_rate=1e-2,
+        momentum=0.9,
+        nesterov=True,
     ),
     "rmsprop": _pair("rmsprop", "state_bits elementwise", learning_rate=1e-2),
     # Centred, its moments take 32 or 16 bits only (tested in test_storage).
@@ -139,7 +155,7 @@ OPTIMIZERS: dict[str, Entry] = {
     ),
     "adafactor_momentum_decay": _pair(
         "adafactor",
-        "params",
+        "params variant",
         learning_rate=1e-2,
         momentum=0.9,
         weight_decay_rate=0.01,
@@ -187,3 +203,8 @@ def ids(*tags: str, without: tuple[str, ...] = ()) -> list[str]:
         for name, entry in OPTIMIZERS.items()
         if set(tags) <= entry.tags and not set(without) & entry.tags
     ]
+
+
+#: What the checks that hold for any optimizer draw from: one entry per
+#: optimizer, none of its variants, schedules or wrappers.
+CORE = ("wrapped", "schedule", "variant")

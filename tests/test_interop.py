@@ -4,7 +4,6 @@ Every check runs the same loop twice, once with adamx and once with Optax, and
 compares the results: the Flax and Optax code paths are the reference.
 """
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ import optax
 import pytest
 from flax import linen, nnx
 from flax.training import train_state
+from helpers import assert_trees_close
 
 import adamx
 
@@ -20,12 +20,6 @@ X = jnp.asarray(_RNG.normal(size=(32, 8)), jnp.float32)
 Y = jnp.asarray(_RNG.normal(size=(32, 1)), jnp.float32)
 F32_RTOL = 1e-5
 F32_ATOL = 1e-6
-
-
-def assert_trees_close(a, b, rtol, atol):
-    chex.assert_trees_all_equal_structs(a, b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 # ------------------------------------------------------------- Flax NNX

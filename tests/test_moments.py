@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_bitwise_equal, assert_trees_close
-from optimizer_table import OPTIMIZERS, ids
+from optimizer_table import CORE, OPTIMIZERS, ids
 
 import adamx
 from adamx.moments import LeafStep, abs_sq, moment_transform
@@ -142,7 +142,7 @@ def complex_loss(params, x):
 
 # Optax's Lion takes the sign of a complex number as z / |z|, as adamx does;
 # every optimizer of the table that Optax has runs on complex params.
-@pytest.mark.parametrize("name", ids("optax", without=("wrapped", "real")))
+@pytest.mark.parametrize("name", ids("optax", without=(*CORE, "real")))
 def test_complex_params_get_optaxs_numbers_in_float64(name, x64):
     ours, theirs = OPTIMIZERS[name]()
     if name == "adafactor_momentum_decay":

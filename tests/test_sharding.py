@@ -15,12 +15,12 @@ import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from optimizer_table import OPTIMIZERS
+from optimizer_table import CORE, OPTIMIZERS, ids
 
 import adamx
 from adamx.sharding import bytes_per_device, sharded, state_shardings, zero_spec
 
-IDS = list(OPTIMIZERS)
+IDS = ids(without=CORE)
 
 # Distinct shapes, so that the param a state leaf follows is known by its shape.
 LAYOUT_2D = {

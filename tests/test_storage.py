@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from optimizer_table import OPTIMIZERS, ids
+from optimizer_table import CORE, OPTIMIZERS, ids
 from test_lowbit import heavy_tailed, map_name
 
 import adamx
@@ -16,7 +16,7 @@ import adamx.checkpoint
 from adamx.lowbit import QuantizedArray
 from adamx.precision import kahan_summation
 
-STATE_BITS = ids("state_bits")
+STATE_BITS = ids("state_bits", without=CORE)
 # The fields that hold moments, and whether each is signed.
 MOMENTS = {"mu": True, "nu": False, "nu_max": False, "trace": True, "ema": True}
 
@@ -179,7 +179,7 @@ def test_quantized_adam_follows_fp32_adam_for_100_steps(bits):
 
 
 # 8-bit, measured: deviations of 2.7% (lamb) to 9.4% (radam), loss within 8.4%.
-@pytest.mark.parametrize("name", ids("state_bits", without=("wrapped",)))
+@pytest.mark.parametrize("name", STATE_BITS)
 def test_each_optimizer_follows_its_fp32_run_at_8_bits(name):
     entry = OPTIMIZERS[name]
     ref, ref_loss = quadratic_run(entry.ours(), steps=100)
@@ -264,7 +264,8 @@ def test_checkpoint_round_trip_is_exact_and_training_resumes(bits, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("bits", [32, 16, 8, 4])
+# bfloat16 moments shard as any array does; the codes are what is at stake.
+@pytest.mark.parametrize("bits", [32, 8, 4])
 @pytest.mark.parametrize("spec", [P("d", None), P(None, "d")])
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
 def test_sharded_params_give_the_numbers_of_unsharded_ones(bits, spec, axis_type):

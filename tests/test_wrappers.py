@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_bitwise_equal
 from optimizer_table import OPTIMIZERS, ids
 
 import adamx
@@ -63,12 +64,6 @@ def train(tx, params, loss, steps, update_only=False):
     for _ in range(steps):
         params, state = step(params, state)
     return params, state
-
-
-def assert_bitwise_equal(a, b):
-    chex.assert_trees_all_equal_structs(a, b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # ------------------------------------------------------------------ inject_hyperparams
@@ -182,7 +177,7 @@ def test_inject_validates_the_initial_values():
 # ------------------------------------------------------------------ get_learning_rate
 
 
-@pytest.mark.parametrize("name", ids(without=("schedule",)))
+@pytest.mark.parametrize("name", ids(without=("schedule", "variant")))
 def test_get_learning_rate_reads_every_optimizer(name):
     tx, _ = OPTIMIZERS[name]()
     params, loss = quadratic_problem()
