@@ -545,6 +545,13 @@ def quantize(
         >>> q = quantize(jnp.array([0.0, 0.5, 1.0, 2.0]), bits=4, signed=False)
         >>> q.dequantize()
         Array([0.125, 0.5  , 1.   , 2.   ], dtype=float32)
+
+    References:
+        Dettmers et al., 2021, "8-bit Optimizers via Block-wise Quantization",
+        https://arxiv.org/abs/2110.02861
+
+        Li et al., 2023, "Memory Efficient Optimizers with 4-bit States",
+        https://arxiv.org/abs/2309.01507
     """
     x = jnp.asarray(x)
     fmt = _format(tuple(x.shape), x.dtype, bits, signed, block_size)

@@ -117,6 +117,10 @@ def adam(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
+
+    References:
+        Kingma & Ba, 2014, "Adam: A Method for Stochastic Optimization",
+        https://arxiv.org/abs/1412.6980
     """
     return chain(
         scale_by_adam(
@@ -181,6 +185,10 @@ def nadam(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.8526 -2.1474]
+
+    References:
+        Dozat, 2016, "Incorporating Nesterov Momentum into Adam",
+        https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
     return adam(
         learning_rate,
@@ -246,6 +254,13 @@ def adamw(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.84999996 -2.        ]
+
+    References:
+        Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization",
+        https://arxiv.org/abs/1711.05101
+
+        Kingma & Ba, 2014, "Adam: A Method for Stochastic Optimization",
+        https://arxiv.org/abs/1412.6980
     """
     return chain(
         scale_by_adam(
@@ -313,6 +328,13 @@ def nadamw(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.80259997 -2.0474    ]
+
+    References:
+        Dozat, 2016, "Incorporating Nesterov Momentum into Adam",
+        https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
+
+        Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization",
+        https://arxiv.org/abs/1711.05101
     """
     return adamw(
         learning_rate,
@@ -377,6 +399,10 @@ def amsgrad(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
+
+    References:
+        Reddi et al., 2018, "On the Convergence of Adam and Beyond",
+        https://openreview.net/forum?id=ryQu7f-RZ
     """
     return chain(
         scale_by_amsgrad(
@@ -430,6 +456,10 @@ def adamax(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -2.1]
+
+    References:
+        Kingma & Ba, 2014, "Adam: A Method for Stochastic Optimization", §7.1,
+        https://arxiv.org/abs/1412.6980
     """
     return chain(
         scale_by_adamax(b1, b2, eps, state_bits=state_bits),
@@ -478,6 +508,13 @@ def adamaxw(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.84999996 -2.        ]
+
+    References:
+        Kingma & Ba, 2014, "Adam: A Method for Stochastic Optimization", §7.1,
+        https://arxiv.org/abs/1412.6980
+
+        Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization",
+        https://arxiv.org/abs/1711.05101
     """
     return chain(
         scale_by_adamax(b1, b2, eps, state_bits=state_bits),
@@ -531,6 +568,10 @@ def radam(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.95 -2.05]
+
+    References:
+        Liu et al., 2019, "On the Variance of the Adaptive Learning Rate and
+        Beyond", https://arxiv.org/abs/1908.03265
     """
     return chain(
         scale_by_radam(
@@ -582,6 +623,10 @@ def adabelief(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.8889 -2.1111]
+
+    References:
+        Zhuang et al., 2020, "AdaBelief Optimizer: Adapting Stepsizes by the
+        Belief in Observed Gradients", https://arxiv.org/abs/2010.07468
     """
     return chain(
         scale_by_belief(
@@ -636,6 +681,10 @@ def lamb(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 2.6464 -4.3536]
+
+    References:
+        You et al., 2019, "Large Batch Optimization for Deep Learning: Training
+        BERT in 76 minutes", https://arxiv.org/abs/1904.00962
     """
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, state_bits=state_bits),
@@ -687,6 +736,10 @@ def lion(
         >>> updates, state = tx.update(jnp.array([0.5, -0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.9 -1.9]
+
+    References:
+        Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms",
+        https://arxiv.org/abs/2302.06675
     """
     return chain(
         scale_by_lion(b1, b2, mu_dtype, state_bits=state_bits),
@@ -734,6 +787,11 @@ def sgd(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.95 -2.05]
+
+    References:
+        Sutskever et al., 2013, "On the importance of initialization and
+        momentum in deep learning",
+        https://proceedings.mlr.press/v28/sutskever13.html
     """
     checks.check_bool("nesterov", nesterov)
     if nesterov and momentum is None:
@@ -805,6 +863,13 @@ def rmsprop(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.6838 -2.3162]
+
+    References:
+        Hinton, 2012, "Neural Networks for Machine Learning", lecture 6e,
+        https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf
+
+        Graves, 2013, "Generating Sequences With Recurrent Neural Networks",
+        https://arxiv.org/abs/1308.0850
     """
     checks.check_bool("centered", centered)
     checks.check_bool("nesterov", nesterov)
@@ -878,6 +943,10 @@ def adafactor(
         >>> updates, state = tx.update(jnp.array([0.5, 0.5]), tx.init(params), params)
         >>> print(adamx.apply_updates(params, updates).round(4))
         [ 0.8419 -2.1581]
+
+    References:
+        Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with
+        Sublinear Memory Cost", https://arxiv.org/abs/1804.04235
     """
     if clipping_threshold is not None:
         checks.check_range("clipping_threshold", clipping_threshold, 1.0)

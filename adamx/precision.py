@@ -102,6 +102,13 @@ def kahan_summation(
         ...     params = adamx.apply_updates(params, u)
         >>> params
         Array([1.10156, 1.10156], dtype=bfloat16)
+
+    References:
+        Kahan, 1965, "Further remarks on reducing truncation errors",
+        https://doi.org/10.1145/363707.363723
+
+        optimi, "Low Precision Training with Kahan Summation",
+        https://optimi.benjaminwarner.dev/kahan_summation/
     """
     check_transformation("inner", inner)
     if compensation_dtype is not None:
@@ -256,6 +263,10 @@ def stochastic_rounding(
         ...     params = adamx.apply_updates(params, u)
         >>> round(float(params.astype(jnp.float32).mean()), 2)
         1.1
+
+    References:
+        Zamirai et al., 2020, "Revisiting BFloat16 Training",
+        https://arxiv.org/abs/2010.06192
     """
     check_transformation("inner", inner)
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):

@@ -372,6 +372,10 @@ def sharded(
         >>> updates, state = jax.jit(tx.update)(params, state, params)
         >>> updates["w"][0, :2]
         Array([-0.1, -0.1], dtype=float32)
+
+    References:
+        Rajbhandari et al., 2020, "ZeRO: Memory Optimizations Toward Training
+        Trillion Parameter Models", https://arxiv.org/abs/1910.02054
     """
     check_transformation("tx", tx)
     if not isinstance(mesh, Mesh):

@@ -447,6 +447,13 @@ def scale_by_trust_ratio(
         >>> p = jnp.array([3.0, 4.0])
         >>> tx.update(jnp.array([0.0, 1.0]), tx.init(p), p)[0]
         Array([0., 5.], dtype=float32)
+
+    References:
+        You et al., 2017, "Large Batch Training of Convolutional Networks",
+        https://arxiv.org/abs/1708.03888
+
+        You et al., 2019, "Large Batch Optimization for Deep Learning: Training
+        BERT in 76 minutes", https://arxiv.org/abs/1904.00962
     """
     checks.check_nonnegative("min_norm", min_norm)
     checks.check_nonnegative("trust_coefficient", trust_coefficient)
@@ -490,6 +497,10 @@ def scale_by_param_block_rms(
         >>> p = jnp.array([3.0, 3.0])
         >>> tx.update(jnp.array([1.0, 2.0]), tx.init(p), p)[0]
         Array([3., 6.], dtype=float32)
+
+    References:
+        Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with
+        Sublinear Memory Cost", https://arxiv.org/abs/1804.04235
     """
     checks.check_nonnegative("min_scale", min_scale)
 
@@ -578,6 +589,10 @@ def scale_by_factored_rms(
         >>> p = jnp.zeros(2)
         >>> tx.update(jnp.array([2.0, -2.0]), tx.init(p), p)[0]
         Array([ 1., -1.], dtype=float32)
+
+    References:
+        Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with
+        Sublinear Memory Cost", https://arxiv.org/abs/1804.04235
     """
     checks.check_bool("factored", factored)
     checks.check_nonnegative("decay_rate", decay_rate)
@@ -684,6 +699,10 @@ def add_decayed_weights(
         >>> p = jnp.array([1.0, 2.0])
         >>> tx.update(jnp.zeros(2), tx.init(p), p)[0]
         Array([0.1, 0.2], dtype=float32)
+
+    References:
+        Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization",
+        https://arxiv.org/abs/1711.05101
     """
     checks.check_scalar_or_schedule("weight_decay", weight_decay)
     is_schedule = callable(weight_decay)
@@ -802,6 +821,10 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation
         >>> tx = adamx.clip_by_block_rms(1.0)
         >>> tx.update(jnp.array([2.0, -2.0]), tx.init(None))[0]
         Array([ 1., -1.], dtype=float32)
+
+    References:
+        Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with
+        Sublinear Memory Cost", https://arxiv.org/abs/1804.04235
     """
     checks.check_range("threshold", threshold, 0.0, np.inf, low_open=True)
 

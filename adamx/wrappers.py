@@ -563,6 +563,10 @@ def dynamic_loss_scaling(
         >>> u, state = tx.update(jnp.array([jnp.inf], jnp.float16), state)
         >>> u, float(state.scale)
         (Array([0.], dtype=float16), 2.0)
+
+    References:
+        Micikevicius et al., 2018, "Mixed Precision Training",
+        https://arxiv.org/abs/1710.03740
     """
     check_transformation("inner", inner)
     checks.check_range(
