@@ -746,7 +746,7 @@ def scale_by_stddev(
         )
     # v >= |m|^2 holds for the moving averages, not for each rounded to
     # bfloat16 on its own: there the variance is kept from going below zero.
-    clamp = storage.bits != 32
+    clamp = storage.rounded
 
     def body(x: LeafStep, g: jax.Array, m: jax.Array, v: jax.Array) -> tuple:
         h = x.h

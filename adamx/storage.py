@@ -131,7 +131,13 @@ class Storage(NamedTuple):
 
     @property
     def quantized(self) -> bool:
+        """Whether moments of large floating params are block codes."""
         return self.bits in lowbit.BLOCK_SIZES
+
+    @property
+    def rounded(self) -> bool:
+        """Whether moments are stored in fewer bits than they are computed in."""
+        return self.bits != 32
 
     def dtype_of(self, moment: Moment) -> Any:
         """The dtype argument ``moment`` follows (``None``: the params')."""
