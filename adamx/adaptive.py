@@ -34,7 +34,7 @@ from adamx.moments import (
     moment_transform,
     promoted,
 )
-from adamx.storage import Moment, Storage
+from adamx.storage import Moment, Storage, real_dtype
 
 __all__ = [
     "ScaleByAdamState",
@@ -705,7 +705,8 @@ def scale_by_stddev(
         v_t = \rho v_{t-1} + (1 - \rho) |g_t|^2, \quad
         u_t = g_t / \sqrt{v_t - |m_t|^2 + \epsilon}
 
-    With ``state_bits=16``, :math:`m` and :math:`v` are rounded apart, and
+    Where :math:`m` and :math:`v` are stored narrower than they are computed
+    (``state_bits=16``, or bfloat16 params), they are rounded apart, and
     :math:`v_t - |m_t|^2` is taken as at least 0; 8 and 4 bits are refused,
     since block codes leave the difference of the two moments noise.
 
@@ -744,12 +745,16 @@ def scale_by_stddev(
             "by eps and diverges). Use state_bits 16 or 32, or rmsprop without "
             "centered=True."
         )
-    # v >= |m|^2 holds for the moving averages, not for each rounded to
-    # bfloat16 on its own: there the variance is kept from going below zero.
-    clamp = storage.rounded
 
     def body(x: LeafStep, g: jax.Array, m: jax.Array, v: jax.Array) -> tuple:
         h = x.h
+        # v >= |m|^2 holds for the moving averages, not for each rounded to a
+        # narrower dtype on its own: there the variance is kept from going
+        # below zero.
+        clamp = (x.storage_dtype.mu, x.storage_dtype.nu) != (
+            x.dtype,
+            real_dtype(x.dtype),
+        )
         m = x.stored.mu((1 - h.decay) * g + h.decay * m)
         v = x.stored.nu((1 - h.decay) * abs_sq(g) + h.decay * v)
         m_hat = debias(m, h.decay, x.count) if bias_correction else m
@@ -808,7 +813,7 @@ def scale_by_adopt(
     Args:
         b1: :math:`\beta_1 \in [0, 1)`, decay of the first moment.
         b2: :math:`\beta_2 \in [0, 1)`, decay of the second moment.
-        eps: :math:`\epsilon \ge 0`, the floor of :math:`\sqrt{v_{t-1}}`.
+        eps: :math:`\epsilon > 0`, the floor of :math:`\sqrt{v_{t-1}}`.
         mu_dtype: dtype of :math:`m`; ``None`` uses the params' dtype.
         nesterov: use the Nesterov look-ahead above.
         use_clipping: clip the normalized gradient to :math:`[-c_t, c_t]`.
@@ -840,6 +845,8 @@ def scale_by_adopt(
         reference code https://github.com/iShohei220/adopt
     """
     _check_adam_args(b1, b2, eps, 0.0)
+    # With eps = 0, a first gradient of zero divides 0 by 0 at the next step.
+    checks.check_range("eps", eps, 0.0, np.inf, low_open=True)
     checks.check_bool("nesterov", nesterov)
     checks.check_bool("use_clipping", use_clipping)
     if not callable(clip_value_fn):

@@ -102,7 +102,9 @@ class GradientTransformation(_InitUpdate):
         Array([1., 1.], dtype=float32)
     """
 
-    traits: Traits
+    # A class default: _replace and _make build a tuple without __new__, and
+    # what they build declares nothing.
+    traits: Traits = Traits()
 
     def __new__(
         cls,
@@ -144,8 +146,8 @@ def _refusing_flat_params(init: TransformInitFn, name: str) -> TransformInitFn:
                 f"{name} works leaf by leaf (per-leaf "
                 "norms, factored or block-quantized moments, or a mask), so it "
                 "cannot run on a FlatParams, whose buffers join the leaves: give "
-                "it the tree of params, or use an element-wise configuration "
-                "(state_bits 32 or 16, no mask)"
+                "it the tree of params (or, where it has one, use an element-wise "
+                "configuration: state_bits 32 or 16, no mask)"
             )
         return init(params)
 
@@ -306,18 +308,6 @@ def tree_zeros_like(tree: ArrayTree, dtype: Any = None) -> ArrayTree:
         {'b': None, 'w': Array([0, 0], dtype=bfloat16)}
     """
     return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)
-
-
-def tree_cast(tree: ArrayTree, dtype: Any) -> ArrayTree:
-    """Cast every leaf to ``dtype``; ``dtype=None`` leaves the tree alone."""
-    if dtype is None:
-        return tree
-    return jax.tree.map(lambda x: x.astype(dtype), tree)
-
-
-def tree_cast_like(tree: ArrayTree, like: ArrayTree) -> ArrayTree:
-    """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
-    return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
 
 
 def safe_increment(count: jax.Array) -> jax.Array:

@@ -38,7 +38,6 @@ from adamx.base import (
     apply_updates,
     check_same_shapes,
 )
-from adamx.native import native_available
 from adamx.storage import as_placeholders
 from adamx.traits import replace_at, state_at, traits_of
 
@@ -110,7 +109,7 @@ def step(
         [ 0.9 -2.1]
     """
     plan = kernels.find(traits_of(tx).stages)
-    if plan is None or not native_available():
+    if plan is None:
         return _chain_step(tx, grads, opt_state, params)
     moments = state_at(opt_state, plan.moments)
     stored = [getattr(moments, f) for f in plan.fields]
@@ -160,6 +159,7 @@ def step(
         others,
         scalars,
         calls=tuple(call for call in calls if call is not None),
+        platform=plan.kernel.platform,
         decay=decay,
         chain_leaf=chain_leaf,
     )
@@ -190,10 +190,12 @@ def _in_place(
     scalars: jax.Array,
     *,
     calls: tuple[kernels.Call, ...],
+    platform: str,
     decay: bool,
     chain_leaf: Callable,
 ) -> list[tuple]:
-    """The leaves' new params and moments: by the kernels on CPU, else the chain.
+    """The leaves' new params and moments: by the calls on their platform, else
+    by the chain.
 
     A primitive rather than ``lax.platform_dependent``: JAX traces neither
     way at trace time and lowers only the platform's way (both, for a module
@@ -216,6 +218,7 @@ def _in_place(
         in_def=in_def,
         out_index=tuple(out_index),
         calls=calls,
+        platform=platform,
         decay=decay,
         chain_leaf=chain_leaf,
     )
@@ -244,8 +247,12 @@ def _in_place_run(
     return jax.tree.leaves(new)
 
 
-def _in_place_lowering(by_kernels: bool) -> Callable:
+def _in_place_lowering(platform: str | None) -> Callable:
+    """The lowering for ``platform``: by the calls where they were chosen for
+    it, by the chain elsewhere (``None``: every platform without a kernel)."""
+
     def lower(ctx: Any, *args: Any, **params: Any) -> Any:
+        by_kernels = params["platform"] == platform
         run = functools.partial(_in_place_run, by_kernels=by_kernels, **params)
         return mlir.lower_fun(run, multiple_results=True)(ctx, *args)
 
@@ -286,8 +293,9 @@ _in_place_p = Primitive("adamx_in_place_step")
 _in_place_p.multiple_results = True
 _in_place_p.def_abstract_eval(_in_place_abstract)
 _in_place_p.def_impl(_in_place_eager)
-# The kernels' platforms lower by the kernels; any other by the chain.
 for _platform in sorted({k.platform for k in kernels.KERNELS}):
-    mlir.register_lowering(_in_place_p, _in_place_lowering(True), platform=_platform)
-mlir.register_lowering(_in_place_p, _in_place_lowering(False))
+    mlir.register_lowering(
+        _in_place_p, _in_place_lowering(_platform), platform=_platform
+    )
+mlir.register_lowering(_in_place_p, _in_place_lowering(None))
 batching.primitive_batchers[_in_place_p] = _in_place_batched

@@ -12,11 +12,15 @@ or a :class:`~adamx.FlatParams`. An entry gives:
 * ``call_for(g, p, *moments)``: the :class:`Call` that updates one leaf, or
   ``None`` for a leaf it does not take (the chain updates that one);
 * ``scalars(plan, old_state, new_state)``: the per-step scalars the calls read,
-  computed as the chain computes them.
+  computed as the chain computes them;
+* ``platform`` and ``available()``: where its calls run, and whether they can
+  (a native library built, say).
 
-:data:`KERNELS` is the table; :func:`find` returns the first entry whose plan
-matches. A new kernel (another optimizer, or a GPU build of this one) is an
-entry appended to it, with its calls registered with XLA for its platform.
+:data:`KERNELS` is the table; :func:`find` returns the first available entry
+whose plan matches. The step's leaves are handed to that entry's calls when it
+is lowered for the entry's platform, and to the chain on any other. A new
+kernel (another optimizer, or a build of this one for another platform) is an
+entry appended to the table, with its calls registered with XLA.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 
 from adamx import lowbit
 from adamx.base import explicit_sharding
+from adamx.native import native_available
 from adamx.traits import Stage, state_at
 
 __all__ = ["KERNELS", "ADAM", "Call", "Kernel", "Plan", "find"]
@@ -58,6 +63,8 @@ class Kernel(Protocol):
 
     name: str
     platform: str
+
+    def available(self) -> bool: ...
 
     def plan(self, stages: Sequence[Stage]) -> Plan | None: ...
 
@@ -166,6 +173,9 @@ class _Adam:
     target_32 = "adamx_adam_step"
     target_8 = "adamx_adam_8bit_step"
 
+    def available(self) -> bool:
+        return native_available()
+
     def plan(self, stages: Sequence[Stage]) -> Plan | None:
         stages = tuple(stages)
         if tuple(s.name for s in stages) not in _ADAM_SHAPES:
@@ -183,7 +193,8 @@ class _Adam:
             return None
         if self._is_8bit(m) and self._is_8bit(v) and explicit_sharding(g) is None:
             return ADAM_8BIT
-        if not lowbit.is_quantized(m) and m.dtype == v.dtype == jnp.float32:
+        quantized = lowbit.is_quantized(m) or lowbit.is_quantized(v)
+        if not quantized and m.dtype == v.dtype == jnp.float32:
             return ADAM_32BIT
         return None
 
@@ -239,7 +250,7 @@ KERNELS: list[Kernel] = [ADAM]
 
 
 def find(stages: Sequence[Stage] | None) -> Plan | None:
-    """The plan of the first kernel that computes ``stages``, or None.
+    """The plan of the first available kernel that computes ``stages``, or None.
 
     Args:
         stages: an optimizer's declared stages (``traits_of(tx).stages``);
@@ -261,6 +272,6 @@ def find(stages: Sequence[Stage] | None) -> Plan | None:
         return None
     for kernel in KERNELS:
         plan = kernel.plan(stages)
-        if plan is not None:
+        if plan is not None and kernel.available():
             return plan
     return None

@@ -118,7 +118,8 @@ class LeafStep:
         h: the hyperparameters, as arrays of the leaf's (real) computation dtype.
         c: the scalars the transformation derives from them once per update
             (bias corrections and the like), or ``None``.
-        count: the step count :math:`t \\ge 1` of this step, int32.
+        count: the step count :math:`t \\ge 1` of this step, int32 (``None``
+            for a transformation that keeps no count).
         hyper: the :class:`Hyper` itself, for values in another dtype.
         dtype: the computation dtype of signed moments (complex for complex
             params); second moments are computed in its real dtype.

@@ -1006,7 +1006,7 @@ def adopt(
         learning_rate: :math:`\alpha_t`, a number or a schedule.
         b1: :math:`\beta_1 \in [0, 1)`.
         b2: :math:`\beta_2 \in [0, 1)`.
-        eps: :math:`\epsilon \ge 0`, the floor of :math:`\sqrt{v_{t-1}}`.
+        eps: :math:`\epsilon > 0`, the floor of :math:`\sqrt{v_{t-1}}`.
         mu_dtype: dtype of the first moment.
         nesterov: use a Nesterov look-ahead (not in the paper).
         use_clipping: clip the normalized gradient (the authors' default).

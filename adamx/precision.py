@@ -306,4 +306,6 @@ def stochastic_rounding(
             new_u.append(rounded.astype(ct) - p_)
         return treedef.unflatten(new_u), StochasticRoundingState(inner_state, key)
 
+    # Declares nothing: on a flat buffer its random draws would differ from
+    # the tree's (a key per leaf), equally right but not the same numbers.
     return GradientTransformation(init_fn, update_fn)

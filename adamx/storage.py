@@ -8,16 +8,19 @@ depends on how the moments are kept lives here:
 * ``state_bits=32`` stores each moment in its dtype argument (``mu_dtype``,
   ``nu_dtype``), or the param's; ``16`` in bfloat16; ``8`` and ``4`` as
   block-wise codes (:class:`adamx.lowbit.QuantizedArray`) for floating params of
-  at least :data:`MIN_QUANTIZED_SIZE` elements, float32 for smaller ones.
+  at least :data:`MIN_QUANTIZED_SIZE` elements, float32 (or the params' dtype,
+  if wider) for smaller ones.
 * Second moments (``signed=False``) of complex params are real: they hold
   :math:`|g|^2`, stored in the param's real dtype. A complex param's other
   moments stay complex, at the precision a real dtype argument asks for
   (``mu_dtype=float32``: complex64), and at full precision whatever
-  ``state_bits`` says.
+  ``state_bits`` says. A complex dtype argument asks the same precision of
+  a real param's moments, which stay real.
 * Codes live where their param does: split by whole blocks over the axes that
   split the param's rows (:func:`adamx.lowbit.block_axes`), else replicated.
 * :func:`update_moments` runs one leaf's element-wise step on its stored
-  moments: cast in and out, or decoded and encoded again inside the step.
+  moments: cast in (and back by :func:`store_like`), or decoded and encoded
+  again inside the step.
 
 The arithmetic stays the transformation's; :mod:`adamx.moments` puts the two
 together.
@@ -135,9 +138,11 @@ class Storage(NamedTuple):
         return self.bits in lowbit.BLOCK_SIZES
 
     @property
-    def rounded(self) -> bool:
-        """Whether moments are stored in fewer bits than they are computed in."""
-        return self.bits != 32
+    def in_dtypes(self) -> bool:
+        """Whether moments are kept in their dtype arguments or the params'
+        dtype (``state_bits=32``; or traced, where the state says), rather than
+        in bfloat16 or block codes chosen by ``state_bits``."""
+        return self.bits in (32, None)
 
     def dtype_of(self, moment: Moment) -> Any:
         """The dtype argument ``moment`` follows (``None``: the params')."""
@@ -166,7 +171,8 @@ class Storage(NamedTuple):
         complex_param = jnp.issubdtype(p.dtype, jnp.complexfloating)
         if self.bits == 32 or complex_param:
             store = jnp.dtype(p.dtype if dtype is None else dtype)
-            if not moment.signed:
+            if not (moment.signed and complex_param):
+                # A real param's moments, and second moments, are real.
                 store = real_dtype(store)
             elif complex_param and not jnp.issubdtype(store, jnp.complexfloating):
                 # A real dtype asks for a precision: a complex param's moment

@@ -278,6 +278,20 @@ def scale_by_learning_rate(
 # -------------------------------------------------------------- momentum
 
 
+def _decayed(x: LeafStep, t: jax.Array, kept: Any, storage: Storage) -> jax.Array:
+    r""":math:`\mu\, m_{t-1}` for a momentum buffer, in the computation's dtype.
+
+    A buffer kept at 32 bits in a dtype of its own (``accumulator_dtype``, or
+    the params') is multiplied in that dtype, as Optax does, so a float32
+    buffer under float64 params gives Optax's numbers. Stored in fewer bits
+    (``state_bits`` 16, 8, 4), it is multiplied as computed, and only its new
+    value rounded.
+    """
+    if not storage.in_dtypes:
+        return x.h.decay * t
+    return (x.hyper(kept).decay * t.astype(kept)).astype(x.dtype)
+
+
 class TraceState(NamedTuple):
     """State of :func:`trace`."""
 
@@ -333,10 +347,7 @@ def trace(
     storage = Storage.parse(state_bits, accumulator_dtype=accumulator_dtype)
 
     def body(x: LeafStep, g: jax.Array, t: jax.Array) -> tuple:
-        # mu * t in the buffer's own dtype, as Optax does, so a float32 buffer
-        # under float64 params gives Optax's numbers.
-        kept = x.storage_dtype.trace
-        t = g + (x.hyper(kept).decay * t.astype(kept)).astype(x.dtype)
+        t = g + _decayed(x, t, x.storage_dtype.trace, storage)
         return (g + x.h.decay * t if nesterov else t), t
 
     return moment_transform(
@@ -397,10 +408,8 @@ def ema(
     corrected = debias
 
     def body(x: LeafStep, g: jax.Array, t: jax.Array) -> tuple:
-        # decay * t in the buffer's own dtype, as in trace().
-        kept = x.storage_dtype.ema
         d = x.h.decay
-        t = (1 - d) * g + (x.hyper(kept).decay * t.astype(kept)).astype(x.dtype)
+        t = (1 - d) * g + _decayed(x, t, x.storage_dtype.ema, storage)
         return (_debias(t, d, x.count) if corrected else t), t
 
     return moment_transform(

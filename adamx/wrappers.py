@@ -117,14 +117,34 @@ def _role(hint: Any, value: Any) -> str:
     return "number" if _is_real_number(value) else "static"
 
 
-def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
-    """The factory's resolved annotations (a ``functools.partial``'s function's)."""
+def _type_hints(
+    factory: Callable[..., Any], signature: inspect.Signature
+) -> dict[str, Any]:
+    """The factory's resolved annotations (a ``functools.partial``'s function's).
+
+    Where one annotation cannot be resolved (a forward reference to a name
+    the factory's module does not define), each is taken on its own, so that
+    the others still decide; the unresolved one is left out.
+    """
     while isinstance(factory, functools.partial):
         factory = factory.func
     try:
         return typing.get_type_hints(factory)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: decide by value
-        return {}
+    except Exception:  # noqa: BLE001 - resolved one by one below
+        pass
+    namespace = getattr(factory, "__globals__", {})
+    hints = {}
+    for name, param in signature.parameters.items():
+        hint = param.annotation
+        if hint is inspect.Parameter.empty:
+            continue
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, namespace)  # noqa: S307 - as get_type_hints does
+            except Exception:  # noqa: BLE001 - this one decides by value
+                continue
+        hints[name] = hint
+    return hints
 
 
 def _name(factory: Callable[..., Any]) -> str:
@@ -207,7 +227,7 @@ def inject_hyperparams(
     hyperparam_dtype = checks.check_float_dtype("hyperparam_dtype", hyperparam_dtype)
     name = _name(factory)
     signature = inspect.signature(factory)
-    hints = _type_hints(factory)
+    hints = _type_hints(factory, signature)
     takes_any = any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
     )
@@ -351,8 +371,6 @@ def set_hyperparams(state: OptState, **values: Any) -> OptState:
             "state holds no InjectHyperparamsState: wrap the optimizer "
             "with adamx.inject_hyperparams first"
         )
-    for name, value in values.items():
-        _check_new_value(name, value)
     known = set().union(*(t.hyperparams for t in targets))
     missing = set(values) - known
     if missing:
@@ -360,6 +378,8 @@ def set_hyperparams(state: OptState, **values: Any) -> OptState:
             f"no injected hyperparameter named {sorted(missing)}; the state has "
             f"{sorted(known)}"
         )
+    for name, value in values.items():
+        _check_new_value(name, value)
 
     def replace(node: Any) -> Any:
         if isinstance(node, InjectHyperparamsState):

@@ -201,9 +201,7 @@ def implementations(shapes, dtype, with_torch: bool) -> dict[str, Callable[[], N
     impls: dict[str, Callable[[], None]] = {
         "optax.adam": JaxStep(optax.adam(1e-3), optax.apply_updates, params, grads),
         "adamx.adam": JaxStep(adamx.adam(1e-3), adamx.apply_updates, params, grads),
-        "adamx fused (flat)": JaxStep(
-            adamx.adam(1e-3), adamx.apply_updates, flat_p, flat_g
-        ),
+        "adamx flat": JaxStep(adamx.adam(1e-3), adamx.apply_updates, flat_p, flat_g),
         # adamx.step writes the params and moments in one native loop on a
         # float32 buffer (bfloat16 buffers run the chain, as the row above).
         "adamx.step (flat)": JaxStep(

@@ -308,3 +308,25 @@ def test_centred_rmsprop_in_bfloat16_follows_its_fp32_run():
     dev = np.linalg.norm(ours[-1] - ref[-1]) / np.linalg.norm(ref[-1])
     assert dev < 0.05, dev
     assert np.abs(our_loss / ref_loss - 1).max() < 0.05
+
+
+def test_bfloat16_momentum_decays_in_float32_and_is_stored_rounded():
+    # The buffer is stored in bfloat16; mu * m is computed as everything else
+    # is, in float32 (NumPy's emulation below), not in the storage's dtype.
+    import ml_dtypes
+
+    tx = adamx.trace(0.99, state_bits=16)
+    state = tx.init(jnp.zeros(4))
+    m = np.zeros(4, np.float32)
+    for _ in range(300):
+        _, state = tx.update(jnp.ones(4), state)
+        m = (1.0 + np.float32(0.99) * m).astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(state.trace, np.float32), m)
+    # Where bfloat16 would have stalled the decay (0.99 rounds to 0.98828).
+    assert m[0] > 70
+
+
+def test_a_complex_dtype_argument_keeps_a_real_params_moments_real():
+    state = adamx.adam(1e-3, mu_dtype=jnp.complex64).init({"w": jnp.ones(3)})
+    assert state[0].mu["w"].dtype == jnp.float32
+    assert state[0].nu["w"].dtype == jnp.float32

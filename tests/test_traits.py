@@ -122,3 +122,8 @@ def test_state_at_and_replace_at_walk_tuples_namedtuples_and_dicts():
     assert replace_at(state, (), 5) == 5
     with pytest.raises((KeyError, IndexError)):
         state_at(state, (5,))
+
+
+def test_a_rebuilt_transformation_still_has_traits_to_read():
+    rebuilt = adamx.adam(1e-3)._replace(update=lambda u, s, p=None: (u, s))
+    assert rebuilt.traits == Traits()

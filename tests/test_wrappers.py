@@ -126,6 +126,24 @@ def test_set_hyperparams_keeps_dtype_and_rejects_unknown_names():
         adamx.set_hyperparams(adamx.adam(1e-3).init(jnp.zeros(3)), learning_rate=0.1)
 
 
+def test_optaxs_factories_are_read_by_their_types_too():
+    # optax.adamw's mask annotation names a type get_type_hints cannot
+    # resolve; each annotation is then read on its own.
+    import optax
+
+    seen = []
+
+    def mask(p):
+        seen.append(p)
+        return jax.tree.map(lambda _: True, p)
+
+    tx = adamx.inject_hyperparams(optax.adamw)(1e-2, mask=mask)
+    state = tx.init({"w": jnp.ones(3)})
+    assert "mask" not in state.hyperparams and "learning_rate" in state.hyperparams
+    # Called with the params, never with a step count.
+    assert all(isinstance(p, dict) for p in seen)
+
+
 def test_a_mask_function_is_not_taken_for_a_schedule():
     def mask(p):
         return {"w": True, "b": False}
