@@ -15,7 +15,6 @@ from adamx.adaptive import (
     ScaleByStddevState,
     scale_by_adam,
     scale_by_adamax,
-    scale_by_adopt,
     scale_by_amsgrad,
     scale_by_belief,
     scale_by_lion,
@@ -48,6 +47,7 @@ from adamx.combine import (
     partition,
 )
 from adamx.flat import FlatParams, ravel
+from adamx.frontier import adopt, scale_by_adopt
 from adamx.inplace import step
 from adamx.lowbit import QuantizedArray, state_nbytes
 from adamx.moments import bias_correction
@@ -59,7 +59,6 @@ from adamx.optimizers import (
     adamax,
     adamaxw,
     adamw,
-    adopt,
     amsgrad,
     lamb,
     lion,

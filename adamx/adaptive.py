@@ -1,4 +1,4 @@
-r"""Adaptive moment transformations: Adam and its family, ADOPT, Lion, RMSProp.
+r"""Adaptive moment transformations: Adam and its family, Lion, RMSProp.
 
 Each is its state and its formula for one leaf; :func:`adamx.moments.moment_transform`
 supplies the rest: storage (``state_bits`` 32, 16, 8 or 4, ``mu_dtype``,
@@ -15,7 +15,6 @@ Optax.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -45,7 +44,6 @@ __all__ = [
     "ScaleByStddevState",
     "scale_by_adam",
     "scale_by_adamax",
-    "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_lion",
@@ -58,13 +56,6 @@ __all__ = [
 # says, and a second moment of |g|^2, as nu_dtype says.
 MU = Moment("mu", signed=True, dtype="mu_dtype")
 NU = Moment("nu", signed=False, dtype="nu_dtype")
-
-
-def _check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
-    checks.check_decay("b1", b1)
-    checks.check_decay("b2", b2)
-    checks.check_nonnegative("eps", eps)
-    checks.check_nonnegative("eps_root", eps_root)
 
 
 def _nesterov_estimate(x: LeafStep, m: jax.Array, g: jax.Array) -> jax.Array:
@@ -165,7 +156,7 @@ def scale_by_adam(
         Dozat, 2016, "Incorporating Nesterov Momentum into Adam",
         https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
-    _check_adam_args(b1, b2, eps, eps_root)
+    checks.check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("nesterov", nesterov)
     checks.check_bool("bias_correction", bias_correction)
     storage = Storage.parse(state_bits, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
@@ -265,7 +256,7 @@ def scale_by_amsgrad(
         Reddi et al., 2018, "On the Convergence of Adam and Beyond",
         https://openreview.net/forum?id=ryQu7f-RZ
     """
-    _check_adam_args(b1, b2, eps, eps_root)
+    checks.check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("bias_correction_mu", bias_correction_mu)
     checks.check_bool("bias_correction_nu", bias_correction_nu)
     storage = Storage.parse(state_bits, mu_dtype=mu_dtype)
@@ -336,7 +327,7 @@ def scale_by_adamax(
         Kingma & Ba, 2014, "Adam: A Method for Stochastic Optimization", §7.1,
         https://arxiv.org/abs/1412.6980
     """
-    _check_adam_args(b1, b2, eps, 0.0)
+    checks.check_adam_args(b1, b2, eps, 0.0)
     storage = Storage.parse(state_bits)
 
     def body(x: LeafStep, g: jax.Array, m: jax.Array, v: jax.Array) -> tuple:
@@ -426,7 +417,7 @@ def scale_by_radam(
         Liu et al., 2019, "On the Variance of the Adaptive Learning Rate and
         Beyond", https://arxiv.org/abs/1908.03265
     """
-    _check_adam_args(b1, b2, eps, eps_root)
+    checks.check_adam_args(b1, b2, eps, eps_root)
     checks.check_range("threshold", threshold, 4.0, np.inf, low_open=True)
     checks.check_bool("nesterov", nesterov)
     storage = Storage.parse(state_bits)
@@ -509,7 +500,7 @@ def scale_by_belief(
         Zhuang et al., 2020, "AdaBelief Optimizer: Adapting Stepsizes by the
         Belief in Observed Gradients", https://arxiv.org/abs/2010.07468
     """
-    _check_adam_args(b1, b2, eps, eps_root)
+    checks.check_adam_args(b1, b2, eps, eps_root)
     checks.check_bool("nesterov", nesterov)
     storage = Storage.parse(state_bits)
 
@@ -772,120 +763,4 @@ def scale_by_stddev(
         name="scale_by_stddev",
         hyperparams={"decay": decay, "eps": eps},
         stage_args={"eps_in_sqrt": eps_in_sqrt, "bias_correction": bias_correction},
-    )
-
-
-def adopt_clip_value(count: jax.Array) -> jax.Array:
-    """ADOPT's clipping bound at step :math:`t`, the authors' :math:`t^{1/4}`."""
-    return as_float(count) ** 0.25
-
-
-def scale_by_adopt(
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.9999,
-    eps: jax.typing.ArrayLike = 1e-6,
-    mu_dtype: Any | None = None,
-    *,
-    nesterov: bool = False,
-    use_clipping: bool = True,
-    clip_value_fn: Callable[[jax.Array], jax.Array] = adopt_clip_value,
-    state_bits: int | None = None,
-) -> GradientTransformation:
-    r"""ADOPT: Adam that normalizes the gradient by the previous second moment.
-
-    .. math::
-        \begin{aligned}
-        v_0 &= |g_0|^2, \qquad u_0 = 0 \\
-        \tilde g_t &= \operatorname{clip}\!\left(\frac{g_t}{\max(\sqrt{v_{t-1}},
-        \epsilon)}, -c_t, c_t\right), \qquad c_t = t^{1/4} \\
-        m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, \tilde g_t, \qquad u_t = m_t \\
-        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) |g_t|^2
-        \end{aligned}
-
-    for :math:`t \ge 1`, counting the first step as :math:`t = 0`. Dividing by
-    :math:`v_{t-1}`, which does not hold :math:`g_t`, is what lets ADOPT converge
-    for any :math:`\beta_2`; the first step only measures :math:`v_0`. This is
-    the authors' algorithm with their clipping (``clip_lambda``) and, as in
-    ``optax.contrib.scale_by_adopt``, the option of Nesterov's look-ahead
-    :math:`u_t = \beta_1 m_t + (1 - \beta_1)\, \tilde g_t`, which the paper
-    does not have. Complex params are refused: clipping them has no one meaning.
-
-    Args:
-        b1: :math:`\beta_1 \in [0, 1)`, decay of the first moment.
-        b2: :math:`\beta_2 \in [0, 1)`, decay of the second moment.
-        eps: :math:`\epsilon > 0`, the floor of :math:`\sqrt{v_{t-1}}`.
-        mu_dtype: dtype of :math:`m`; ``None`` uses the params' dtype.
-        nesterov: use the Nesterov look-ahead above.
-        use_clipping: clip the normalized gradient to :math:`[-c_t, c_t]`.
-        clip_value_fn: :math:`t \mapsto c_t`, from the step count.
-        state_bits: how :math:`m` and :math:`v` are stored: 32 (as
-            ``mu_dtype`` says), 16 (bfloat16), 8 or 4 (block-wise quantized,
-            see :mod:`adamx.lowbit`; these need the clipping, since a code can
-            round a small :math:`v_{t-1}` to zero). Not to be combined with
-            ``mu_dtype``.
-
-    Returns:
-        A :class:`~adamx.GradientTransformation` with state
-        :class:`ScaleByAdamState`.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> tx = adamx.scale_by_adopt()
-        >>> state = tx.init(jnp.zeros(2))
-        >>> u, state = tx.update(jnp.array([1.0, -2.0]), state)  # measures v_0
-        >>> print(u)
-        [0. 0.]
-        >>> print(tx.update(jnp.array([1.0, -2.0]), state)[0].round(4))
-        [ 0.1 -0.1]
-
-    References:
-        Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any
-        :math:`\beta_2` with the Optimal Rate", https://arxiv.org/abs/2411.02853;
-        reference code https://github.com/iShohei220/adopt
-    """
-    _check_adam_args(b1, b2, eps, 0.0)
-    # With eps = 0, a first gradient of zero divides 0 by 0 at the next step.
-    checks.check_range("eps", eps, 0.0, np.inf, low_open=True)
-    checks.check_bool("nesterov", nesterov)
-    checks.check_bool("use_clipping", use_clipping)
-    if not callable(clip_value_fn):
-        raise TypeError(
-            f"clip_value_fn must be a callable of the step count, got {clip_value_fn!r}"
-        )
-    storage = Storage.parse(state_bits, mu_dtype=mu_dtype)
-    if storage.quantized and not use_clipping:
-        raise ValueError(
-            f"state_bits={state_bits} needs use_clipping=True: ADOPT divides by "
-            "the stored second moment, and a block code rounds a value far below "
-            "its block's largest to zero, so the step would divide by eps alone "
-            "and diverge; the clipping bounds it. Use state_bits 16 or 32 to "
-            "turn the clipping off."
-        )
-
-    def body(x: LeafStep, g: jax.Array, m: jax.Array, v: jax.Array) -> tuple:
-        h, t = x.h, x.count - 1
-        # The first step only measures v_0: b1 = 1 keeps m at 0, b2 = 0 sets v.
-        b1_ = jnp.where(t > 0, h.b1, jnp.ones_like(h.b1))
-        b2_ = jnp.where(t > 0, h.b2, jnp.zeros_like(h.b2))
-        normed = g / jnp.maximum(jnp.sqrt(v), h.eps)
-        if use_clipping:
-            c = jnp.asarray(clip_value_fn(t)).astype(h.b1.dtype)
-            normed = jnp.clip(normed, -c, c)
-        m = x.stored.mu((1 - b1_) * normed + b1_ * m)
-        v = x.stored.nu((1 - b2_) * abs_sq(g) + b2_ * v)
-        u = (1 - b1_) * normed + b1_ * m if nesterov else m
-        return u, m, v
-
-    return moment_transform(
-        ScaleByAdamState,
-        [MU, Moment("nu", signed=False)],
-        storage,
-        body,
-        name="scale_by_adopt",
-        hyperparams={"b1": b1, "b2": b2, "eps": eps},
-        stage_args={"nesterov": nesterov, "use_clipping": use_clipping},
-        # Clipping a complex number has no one meaning (the authors clip its
-        # parts, Optax compares complex numbers): refused, not guessed.
-        complex_params=False,
     )

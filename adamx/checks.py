@@ -138,3 +138,11 @@ def check_moment_dtype(name: str, dtype: Any) -> Any:
     if not jnp.issubdtype(dt, jnp.inexact):
         raise TypeError(f"{name} must be a floating or complex dtype, got {dtype!r}")
     return jax.dtypes.canonicalize_dtype(dt)
+
+
+def check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
+    """Adam's decays in [0, 1), its eps and eps_root >= 0."""
+    check_decay("b1", b1)
+    check_decay("b2", b2)
+    check_nonnegative("eps", eps)
+    check_nonnegative("eps_root", eps_root)

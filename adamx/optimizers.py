@@ -15,10 +15,8 @@ import jax.numpy as jnp
 
 from adamx import checks
 from adamx.adaptive import (
-    adopt_clip_value,
     scale_by_adam,
     scale_by_adamax,
-    scale_by_adopt,
     scale_by_amsgrad,
     scale_by_belief,
     scale_by_lion,
@@ -33,6 +31,7 @@ from adamx.transforms import (
     add_decayed_weights,
     clip_by_block_rms,
     ema,
+    learning_rate_stage,
     scale,
     scale_by_factored_rms,
     scale_by_learning_rate,
@@ -48,7 +47,6 @@ __all__ = [
     "adamax",
     "adamaxw",
     "adamw",
-    "adopt",
     "amsgrad",
     "lamb",
     "lion",
@@ -60,12 +58,6 @@ __all__ = [
 ]
 
 MaskOrFn = Any | Callable[[Any], Any] | None
-
-
-def _scale_by_required_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
-    """The last stage of an optimizer whose learning rate is not optional."""
-    checks.check_scalar_or_schedule("learning_rate", learning_rate)
-    return scale_by_learning_rate(learning_rate)
 
 
 def adam(
@@ -133,7 +125,7 @@ def adam(
             nu_dtype=nu_dtype,
             state_bits=state_bits,
         ),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -274,7 +266,7 @@ def adamw(
             state_bits=state_bits,
         ),
         add_decayed_weights(weight_decay, mask),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -415,7 +407,7 @@ def amsgrad(
             bias_correction_nu,
             state_bits=state_bits,
         ),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -463,7 +455,7 @@ def adamax(
     """
     return chain(
         scale_by_adamax(b1, b2, eps, state_bits=state_bits),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -519,7 +511,7 @@ def adamaxw(
     return chain(
         scale_by_adamax(b1, b2, eps, state_bits=state_bits),
         add_decayed_weights(weight_decay, mask),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -577,7 +569,7 @@ def radam(
         scale_by_radam(
             b1, b2, eps, eps_root, threshold, nesterov=nesterov, state_bits=state_bits
         ),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -632,7 +624,7 @@ def adabelief(
         scale_by_belief(
             b1, b2, eps, eps_root, nesterov=nesterov, state_bits=state_bits
         ),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -690,7 +682,7 @@ def lamb(
         scale_by_adam(b1, b2, eps, eps_root, state_bits=state_bits),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -744,7 +736,7 @@ def lion(
     return chain(
         scale_by_lion(b1, b2, mu_dtype, state_bits=state_bits),
         add_decayed_weights(weight_decay, mask),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
     )
 
 
@@ -810,7 +802,7 @@ def sgd(
             state_bits=state_bits,
         )
     )
-    return chain(stage, _scale_by_required_rate(learning_rate))
+    return chain(stage, learning_rate_stage(learning_rate))
 
 
 def rmsprop(
@@ -887,7 +879,7 @@ def rmsprop(
             bias_correction,
             state_bits=state_bits,
         ),
-        _scale_by_required_rate(learning_rate),
+        learning_rate_stage(learning_rate),
         identity()
         if momentum is None
         else trace(momentum, nesterov=nesterov, state_bits=state_bits),
@@ -976,73 +968,3 @@ def adafactor(
         stages.append(add_decayed_weights(weight_decay_rate, weight_decay_mask))
     stages.append(scale(-1))
     return chain(*stages)
-
-
-def adopt(
-    learning_rate: ScalarOrSchedule,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.9999,
-    eps: jax.typing.ArrayLike = 1e-6,
-    mu_dtype: Any | None = None,
-    *,
-    nesterov: bool = False,
-    use_clipping: bool = True,
-    clip_value_fn: Callable[[jax.Array], jax.Array] = adopt_clip_value,
-    state_bits: int | None = None,
-) -> GradientTransformation:
-    r"""ADOPT: Adam that converges with any :math:`\beta_2` (Taniguchi et al., 2024).
-
-    .. math::
-        \theta_t = \theta_{t-1} - \alpha_t m_t, \qquad
-        m_t = \beta_1 m_{t-1} + (1 - \beta_1)\, \operatorname{clip}\!\left(
-        \frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, -t^{1/4}, t^{1/4}\right)
-
-    with :math:`v_t` the moving average of :math:`|g_t|^2` and no step at
-    :math:`t = 0`, where only :math:`v_0 = |g_0|^2` is measured (see
-    :func:`~adamx.scale_by_adopt`). Names, arguments and defaults are
-    ``optax.contrib.adopt``'s, which follows the authors' reference code.
-
-    Args:
-        learning_rate: :math:`\alpha_t`, a number or a schedule.
-        b1: :math:`\beta_1 \in [0, 1)`.
-        b2: :math:`\beta_2 \in [0, 1)`.
-        eps: :math:`\epsilon > 0`, the floor of :math:`\sqrt{v_{t-1}}`.
-        mu_dtype: dtype of the first moment.
-        nesterov: use a Nesterov look-ahead (not in the paper).
-        use_clipping: clip the normalized gradient (the authors' default).
-        clip_value_fn: the clipping bound as a function of the step count.
-        state_bits: how the moments are stored: 32 (as ``mu_dtype`` says), 16
-            (bfloat16), 8 or 4 (block-wise quantized; see :mod:`adamx.lowbit`).
-
-    Returns:
-        A :class:`~adamx.GradientTransformation`.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> tx = adamx.adopt(learning_rate=0.1)
-        >>> params = jnp.array([1.0, -2.0])
-        >>> state = tx.init(params)
-        >>> for _ in range(2):
-        ...     updates, state = tx.update(jnp.array([0.5, 0.5]), state, params)
-        ...     params = adamx.apply_updates(params, updates)
-        >>> print([round(float(p), 4) for p in params])
-        [0.99, -2.01]
-
-    References:
-        Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any
-        :math:`\beta_2` with the Optimal Rate", https://arxiv.org/abs/2411.02853
-    """
-    return chain(
-        scale_by_adopt(
-            b1,
-            b2,
-            eps,
-            mu_dtype,
-            nesterov=nesterov,
-            use_clipping=use_clipping,
-            clip_value_fn=clip_value_fn,
-            state_bits=state_bits,
-        ),
-        _scale_by_required_rate(learning_rate),
-    )

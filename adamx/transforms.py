@@ -275,6 +275,12 @@ def scale_by_learning_rate(
     return GradientTransformation(init_fn, update_fn, Traits(True, (stage,)))
 
 
+def learning_rate_stage(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """The last stage of an optimizer, whose learning rate is not optional."""
+    checks.check_scalar_or_schedule("learning_rate", learning_rate)
+    return scale_by_learning_rate(learning_rate)
+
+
 # -------------------------------------------------------------- momentum
 
 
