@@ -22,7 +22,11 @@ zero decay rate, a warm-up of 0 steps that never reaches the peak), the factory
 raises instead; the lengths Optax documents as possibly 0 (``transition_steps``
 of :func:`polynomial_schedule`, ``warmup_steps`` of
 :func:`warmup_cosine_decay_schedule`) keep their meaning. Values that are
-traced arrays are let through unchecked.
+traced arrays are let through unchecked. The values a schedule returns (its
+``value``, ``init_value``, ``peak_value``, ``end_value``) must be >= 0, as the
+learning rates, weight decays and momenta that schedules drive are; a schedule
+of something that may be negative says so with ``signed=True`` (Optax's
+factories have no such argument and check nothing).
 """
 
 from __future__ import annotations
@@ -132,6 +136,19 @@ def _concrete_float(x: Any) -> float | None:
     return float(x) if is_concrete(x) else None
 
 
+def _check_value(name: str, value: Any, signed: bool) -> None:
+    """A value a schedule returns: finite, and >= 0 unless ``signed``."""
+    check_bool("signed", signed)
+    check_finite(name, value)
+    f = _concrete_float(value)
+    if not signed and f is not None and f < 0:
+        raise ValueError(
+            f"{name} must be >= 0, got {value!r}: a learning rate, weight decay or "
+            "momentum is never negative (pass signed=True for a schedule of "
+            "something that may be)"
+        )
+
+
 def _check_boundaries_and_scales(
     name: str, boundaries_and_scales: Mapping[int, float] | None
 ) -> tuple[list[int], list[Any]]:
@@ -155,13 +172,15 @@ def _check_boundaries_and_scales(
 # Schedules.
 
 
-def constant_schedule(value: Numeric) -> Schedule:
+def constant_schedule(value: Numeric, *, signed: bool = False) -> Schedule:
     r"""A schedule that returns the same value at every step.
 
     .. math:: v_t = v
 
     Args:
         value: the value :math:`v`, a finite real number.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``; ``value`` is returned as given.
@@ -172,7 +191,7 @@ def constant_schedule(value: Numeric) -> Schedule:
         >>> s(0), s(10_000)
         (0.1, 0.1)
     """
-    check_finite("value", value)
+    _check_value("value", value, signed)
 
     def schedule(count: Numeric) -> Numeric:
         del count
@@ -187,6 +206,8 @@ def polynomial_schedule(
     power: Numeric,
     transition_steps: int,
     transition_begin: int = 0,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Move from ``init_value`` to ``end_value`` along a polynomial of the step.
 
@@ -209,6 +230,8 @@ def polynomial_schedule(
         transition_steps: the length :math:`T` of the transition, an int >= 0.
         transition_begin: the step :math:`B` where the transition starts, an
             int >= 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -219,8 +242,8 @@ def polynomial_schedule(
         >>> [float(s(t)) for t in range(6)]
         [1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
     """
-    check_finite("init_value", init_value)
-    check_finite("end_value", end_value)
+    _check_value("init_value", init_value, signed)
+    _check_value("end_value", end_value, signed)
     check_nonnegative("power", power)
     check_positive_int("transition_steps", transition_steps, allow_zero=True)
     check_positive_int("transition_begin", transition_begin, allow_zero=True)
@@ -249,6 +272,8 @@ def linear_schedule(
     end_value: Numeric,
     transition_steps: int,
     transition_begin: int = 0,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Move from ``init_value`` to ``end_value`` along a straight line.
 
@@ -269,6 +294,8 @@ def linear_schedule(
         transition_steps: the length :math:`T` of the transition, an int >= 0.
         transition_begin: the step :math:`B` where the transition starts, an
             int >= 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -285,12 +312,15 @@ def linear_schedule(
         power=1,
         transition_steps=transition_steps,
         transition_begin=transition_begin,
+        signed=signed,
     )
 
 
 def piecewise_constant_schedule(
     init_value: Numeric,
     boundaries_and_scales: Mapping[int, float] | None = None,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Start at ``init_value`` and multiply by a factor at each given step.
 
@@ -303,6 +333,8 @@ def piecewise_constant_schedule(
         init_value: the value :math:`I` before the first boundary.
         boundaries_and_scales: a dict from step :math:`b_i` (an int >= 0) to
             factor :math:`s_i` (a number >= 0), or ``None`` for no jumps.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -313,7 +345,7 @@ def piecewise_constant_schedule(
         >>> [float(s(t)) for t in range(6)]
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
-    check_finite("init_value", init_value)
+    _check_value("init_value", init_value, signed)
     boundaries, scales = _check_boundaries_and_scales(
         "boundaries_and_scales", boundaries_and_scales
     )
@@ -334,6 +366,8 @@ def exponential_decay(
     transition_begin: int = 0,
     staircase: bool = False,
     end_value: Numeric | None = None,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Multiply ``init_value`` by ``decay_rate`` every ``transition_steps`` steps.
 
@@ -363,6 +397,8 @@ def exponential_decay(
         staircase: if ``True``, the exponent is rounded down, so the value
             drops in steps every :math:`T` steps.
         end_value: the bound :math:`E`, or ``None`` for no bound.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -376,14 +412,14 @@ def exponential_decay(
         >>> [float(s(t)) for t in range(6)]
         [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
     """
-    check_finite("init_value", init_value)
+    _check_value("init_value", init_value, signed)
     check_positive_int("transition_steps", transition_steps)
     check_range("decay_rate", decay_rate, 0.0, math.inf, low_open=True, high_open=True)
     check_positive_int("transition_begin", transition_begin, allow_zero=True)
     check_bool("staircase", staircase)
     rate_f = _concrete_float(decay_rate)
     if end_value is not None:
-        check_finite("end_value", end_value)
+        _check_value("end_value", end_value, signed)
         init_f, end_f = _concrete_float(init_value), _concrete_float(end_value)
         if init_f is not None and end_f is not None and rate_f is not None:
             if rate_f < 1.0 and end_f > init_f:
@@ -422,6 +458,8 @@ def cosine_decay_schedule(
     decay_steps: int,
     alpha: Numeric = 0.0,
     exponent: Numeric = 1.0,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Decay ``init_value`` along half a cosine, to ``alpha * init_value``.
 
@@ -440,6 +478,8 @@ def cosine_decay_schedule(
         decay_steps: the length :math:`T` of the decay, an int > 0.
         alpha: the final value as a fraction of :math:`I`, in ``[0, 1]``.
         exponent: the power :math:`p` of the cosine factor, a number >= 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -454,7 +494,7 @@ def cosine_decay_schedule(
         >>> [round(float(s(t)), 4) for t in range(6)]
         [1.0, 0.9268, 0.75, 0.5732, 0.5, 0.5]
     """
-    check_finite("init_value", init_value)
+    _check_value("init_value", init_value, signed)
     check_positive_int("decay_steps", decay_steps)
     check_range("alpha", alpha, 0.0, 1.0)
     check_nonnegative("exponent", exponent)
@@ -472,6 +512,8 @@ def warmup_constant_schedule(
     init_value: Numeric,
     peak_value: Numeric,
     warmup_steps: int,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Rise linearly from ``init_value`` to ``peak_value``, then hold it.
 
@@ -486,6 +528,8 @@ def warmup_constant_schedule(
         init_value: the value :math:`I` at step 0.
         peak_value: the value :math:`P` from step :math:`W` on.
         warmup_steps: the length :math:`W` of the warm-up, an int > 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -496,11 +540,14 @@ def warmup_constant_schedule(
         >>> [float(s(t)) for t in range(6)]
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    check_finite("init_value", init_value)
-    check_finite("peak_value", peak_value)
+    _check_value("init_value", init_value, signed)
+    _check_value("peak_value", peak_value, signed)
     check_positive_int("warmup_steps", warmup_steps)
     return linear_schedule(
-        init_value=init_value, end_value=peak_value, transition_steps=warmup_steps
+        init_value=init_value,
+        end_value=peak_value,
+        transition_steps=warmup_steps,
+        signed=signed,
     )
 
 
@@ -511,6 +558,8 @@ def warmup_cosine_decay_schedule(
     decay_steps: int,
     end_value: Numeric = 0.0,
     exponent: Numeric = 1.0,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Rise linearly to ``peak_value``, then fall along half a cosine.
 
@@ -536,6 +585,8 @@ def warmup_cosine_decay_schedule(
         end_value: the value :math:`E` from step :math:`D` on. It must be 0 when
             ``peak_value`` is 0, where Optax would ignore it.
         exponent: the power :math:`p` of the cosine factor, a number >= 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -546,8 +597,8 @@ def warmup_cosine_decay_schedule(
         >>> [round(float(s(t)), 4) for t in range(8)]
         [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
     """
-    check_finite("init_value", init_value)
-    check_finite("peak_value", peak_value)
+    _check_value("init_value", init_value, signed)
+    _check_value("peak_value", peak_value, signed)
     check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
     check_positive_int("decay_steps", decay_steps)
     if decay_steps <= warmup_steps:
@@ -555,7 +606,7 @@ def warmup_cosine_decay_schedule(
             f"decay_steps must be > warmup_steps={warmup_steps!r} (it counts the "
             f"warm-up), got {decay_steps!r}"
         )
-    check_finite("end_value", end_value)
+    _check_value("end_value", end_value, signed)
     check_nonnegative("exponent", exponent)
     end_f = _concrete_float(end_value)
     if _concrete_float(peak_value) == 0.0 and end_f is not None and end_f != 0.0:
@@ -580,6 +631,8 @@ def piecewise_interpolate_schedule(
     interpolate_type: str,
     init_value: Numeric,
     boundaries_and_scales: Mapping[int, float] | None = None,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""Move between scaled values, linearly or along a cosine, between boundaries.
 
@@ -604,6 +657,8 @@ def piecewise_interpolate_schedule(
         boundaries_and_scales: a dict from step :math:`b_k` (an int >= 0) to
             factor :math:`s_k` (a number >= 0), or ``None`` for the constant
             :math:`I`.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -623,7 +678,7 @@ def piecewise_interpolate_schedule(
             f"interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}"
         )
     interpolate = interpolators[interpolate_type]
-    check_finite("init_value", init_value)
+    _check_value("init_value", init_value, signed)
     boundaries, scales = _check_boundaries_and_scales(
         "boundaries_and_scales", boundaries_and_scales
     )
@@ -665,6 +720,8 @@ def linear_onecycle_schedule(
     pct_final: float = 0.85,
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""The one-cycle schedule with straight lines: up, down, then further down.
 
@@ -690,6 +747,8 @@ def linear_onecycle_schedule(
         div_factor: :math:`d`, the ratio of the peak to the initial value, > 0.
         final_div_factor: :math:`d_f`, the ratio of the initial to the final
             value, > 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -707,7 +766,7 @@ def linear_onecycle_schedule(
         [0.25, 0.625, 1.0, 0.625, 0.25, 0.15, 0.05, 0.05]
     """
     check_positive_int("transition_steps", transition_steps)
-    check_finite("peak_value", peak_value)
+    _check_value("peak_value", peak_value, signed)
     _check_pct("pct_start", pct_start, 0.0, "0")
     _check_pct("pct_final", pct_final, float(pct_start), "pct_start")
     check_range("div_factor", div_factor, 0.0, math.inf, low_open=True, high_open=True)
@@ -736,6 +795,7 @@ def linear_onecycle_schedule(
             fall_end: 1.0 / div_factor,
             transition_steps: 1.0 / final_div_factor,
         },
+        signed=signed,
     )
 
 
@@ -745,6 +805,8 @@ def cosine_onecycle_schedule(
     pct_start: float = 0.3,
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
+    *,
+    signed: bool = False,
 ) -> Schedule:
     r"""The one-cycle schedule with cosine ramps: up to the peak, then down.
 
@@ -769,6 +831,8 @@ def cosine_onecycle_schedule(
         div_factor: :math:`d`, the ratio of the peak to the initial value, > 0.
         final_div_factor: :math:`d_f`, the ratio of the initial to the final
             value, > 0.
+        signed: allow negative values; by default the values must be >= 0,
+            as a learning rate, weight decay or momentum must be.
 
     Returns:
         A schedule ``step -> value``.
@@ -786,7 +850,7 @@ def cosine_onecycle_schedule(
         [0.25, 0.625, 1.0, 0.525, 0.05, 0.05]
     """
     check_positive_int("transition_steps", transition_steps)
-    check_finite("peak_value", peak_value)
+    _check_value("peak_value", peak_value, signed)
     _check_pct("pct_start", pct_start, 0.0, "0")
     check_range("div_factor", div_factor, 0.0, math.inf, low_open=True, high_open=True)
     check_range(
@@ -804,6 +868,7 @@ def cosine_onecycle_schedule(
             int(pct_start * transition_steps): div_factor,
             transition_steps: 1.0 / (div_factor * final_div_factor),
         },
+        signed=signed,
     )
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -22,7 +25,7 @@ from test_cifar10_data import write_cifar10_folder, write_fashion_mnist  # noqa:
 import adamx  # noqa: E402
 
 # Two steps an epoch and a network a few hundred params wide: compiling dominates.
-TINY = "--batch-size 16 --widths 4,8 --hidden 16 --learning-rate 0.01"
+TINY = "--epochs 2 --batch-size 16 --widths 4,8 --hidden 16 --learning-rate 0.01"
 TINY += " --schedule-epochs 2 --dataset"
 
 
@@ -86,7 +89,13 @@ def test_resume_is_exact(two_epochs, tmp_path, capsys):
     args, uninterrupted = two_epochs
     paths = ["--data-dir", args.data_dir, "--workdir", str(tmp_path)]
     assert train.main([*f"{TINY} fashion_mnist --epochs 1".split(), *paths]) == 0
-    assert "test accuracy after 1 epochs:" in capsys.readouterr().out
+    last = capsys.readouterr().out.splitlines()[-1]
+    # The time it took, and how fast.
+    assert re.fullmatch(
+        r"test accuracy after 1 epochs: [\d.]+%, in \d+ s of training "
+        r"\([\d,]+ images/s\)",
+        last,
+    ), last
     resumed = train.train(args_for(args.data_dir, tmp_path, "--epochs 2 --resume"))
     timings = ("images_per_s", "epoch_time_s", "loading_time_s")
     for a, b in zip(uninterrupted, resumed, strict=True):
@@ -166,3 +175,118 @@ def test_missing_cifar10_ends_with_a_message_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: CIFAR-10 not found")
     assert str(tmp_path / "cifar-10-python.tar.gz") in result.stderr
+
+
+# ------------------------------------------------------------ the command line
+
+BAD_VALUES = [
+    ("--epochs", "-3", "an integer >= 1"),
+    ("--epochs", "0", "an integer >= 1"),
+    ("--schedule-epochs", "0", "an integer >= 1"),
+    ("--batch-size", "0", "an integer >= 1"),
+    ("--batch-size", "-64", "an integer >= 1"),
+    ("--learning-rate", "-0.001", "a number > 0.0"),
+    ("--learning-rate", "nan", "a number > 0.0"),
+    ("--weight-decay", "-1", "a number >= 0.0"),
+    ("--label-smoothing", "1.5", r"a number in \[0.0, 1.0\)"),
+    ("--hidden", "0", "an integer >= 1"),
+    ("--widths", "4,0", "an integer >= 1"),
+    ("--crop-padding", "-2", "an integer >= 0"),
+    ("--seed", "x", "an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("option, value, allowed", BAD_VALUES)
+def test_bad_values_are_refused_in_one_line_before_anything_runs(
+    option, value, allowed, capsys
+):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args([option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert re.search(rf"argument {option}: (each width )?must be {allowed}, got ", err)
+
+
+def test_the_command_line_refuses_in_one_line_with_no_traceback(tmp_path):
+    script = ROOT / "examples" / "cifar10" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--epochs", "-3", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "train.py: error: argument --epochs: must be an integer >= 1, got -3 "
+        "(see --help)"
+    ]
+    assert not list(tmp_path.iterdir()), "nothing was written or loaded"
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--epochs EPOCHS stop after", "(default: 10)", "(default: 0.006)",
+                  "(default: warmup_cosine)", "(default: 32,64)", "(default: 0.1)",
+                  "(default: the dataset's own)"):  # fmt: skip
+        assert shown in text, shown
+    assert "(default: None)" not in text
+
+
+def test_training_past_the_schedule_is_refused_unless_asked_for(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--epochs", "11"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epochs: 11 runs past the schedule's 10 epochs" in err
+    assert "--past-schedule" in err
+    assert train.parse_args(["--epochs", "11", "--past-schedule"]).epochs == 11
+    # A constant rate has no end to run past.
+    assert train.parse_args(["--epochs", "11", "--schedule", "constant"]).epochs == 11
+
+
+def test_a_batch_that_does_not_divide_among_the_devices_is_refused(
+    fmnist, tmp_path, capsys
+):
+    argv = f"{TINY} fashion_mnist --batch-size 12".split()
+    argv += ["--data-dir", str(fmnist), "--workdir", str(tmp_path)]
+    assert train.main(argv) == 2
+    assert "argument --batch-size: must divide by the 8 devices, got 12" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(fmnist, tmp_path):
+    script = ROOT / "examples" / "cifar10" / "train.py"
+    argv = f"{TINY} fashion_mnist --epochs 500 --schedule-epochs 500".split()
+    argv += ["--data-dir", str(fmnist), "--workdir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not train.checkpoints(tmp_path / "checkpoints"):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: the last checkpoint, ") and last.endswith(
+        "run the same command with --resume to go on"
+    ), last
+    # The checkpoint named is whole: a resume restores it.
+    args = train.parse_args([*argv, "--resume"])
+    state = final_state(args)
+    assert state["epoch"] == int(last.split("epoch_")[1].split(",")[0])

@@ -41,15 +41,21 @@ _SGDR_CYCLES = [
     dict(init_value=0.0, peak_value=0.2, warmup_steps=2, decay_steps=9, exponent=2.0),
 ]
 
+
+def _signed(module: ModuleType) -> dict[str, bool]:
+    return {"signed": True} if module is schedules else {}
+
+
 # (id, builder): the builder gets a module (adamx.schedules or optax) and builds
 # the schedule with that module's function of the same name and arguments.
 CASES: list[tuple[str, Callable[[ModuleType], Callable[[Any], Any]]]] = [
     ("constant", lambda m: m.constant_schedule(0.3)),
-    ("constant_negative", lambda m: m.constant_schedule(-2.5)),
+    # Negative values: adamx asks for signed=True, Optax for nothing.
+    ("constant_negative", lambda m: m.constant_schedule(-2.5, **_signed(m))),
     ("linear", lambda m: m.linear_schedule(1.0, 0.1, 10)),
     ("linear_begin", lambda m: m.linear_schedule(0.0, 2.0, 7, transition_begin=5)),
     ("linear_zero_steps", lambda m: m.linear_schedule(0.7, 0.1, 0, 3)),
-    ("linear_increasing", lambda m: m.linear_schedule(-1.0, 3.0, 13, 1)),
+    ("linear_increasing", lambda m: m.linear_schedule(-1.0, 3.0, 13, 1, **_signed(m))),
     ("polynomial_2", lambda m: m.polynomial_schedule(1.0, 0.01, 2, 20)),
     ("polynomial_half", lambda m: m.polynomial_schedule(0.5, 0.0, 0.5, 9, 4)),
     ("polynomial_zero_power", lambda m: m.polynomial_schedule(0.5, 0.2, 0.0, 9)),
@@ -185,8 +191,13 @@ def test_public_names() -> None:
 
 @pytest.mark.parametrize("name", PUBLIC_NAMES)
 def test_signature_matches_optax(name: str) -> None:
-    ours = inspect.signature(getattr(schedules, name)).parameters
+    ours = dict(inspect.signature(getattr(schedules, name)).parameters)
     theirs = inspect.signature(getattr(optax, name)).parameters
+    # adamx's one addition: a keyword-only flag for values that may be negative.
+    signed = ours.pop("signed", None)
+    if name not in ("join_schedules", "sgdr_schedule"):
+        assert signed is not None and signed.kind is signed.KEYWORD_ONLY
+        assert signed.default is False
     assert list(ours) == list(theirs)
     for param in ours:
         assert ours[param].default == theirs[param].default, param
@@ -413,7 +424,30 @@ CYCLE = _SGDR_CYCLES[0]
 
 # (factory, positional args, keyword args, error, pattern the message must match)
 # fmt: off
+NEGATIVE = "must be >= 0, got -1.0: a learning rate, weight decay or momentum"
 BAD_INPUTS: list[tuple[str, tuple, dict, type[Exception], str]] = [
+    # A negative value, where a learning rate is asked for.
+    ("constant_schedule", (-1.0,), {}, ValueError, f"value {NEGATIVE}"),
+    ("linear_schedule", (-1.0, 0.0, 5), {}, ValueError, f"init_value {NEGATIVE}"),
+    ("polynomial_schedule", (1.0, -1.0, 2, 5), {}, ValueError,
+     f"end_value {NEGATIVE}"),
+    ("cosine_decay_schedule", (-1.0, 5), {}, ValueError, f"init_value {NEGATIVE}"),
+    ("exponential_decay", (1.0, 5, 0.5), {"end_value": -1.0}, ValueError,
+     f"end_value {NEGATIVE}"),
+    ("warmup_constant_schedule", (0.0, -1.0, 5), {}, ValueError,
+     f"peak_value {NEGATIVE}"),
+    ("warmup_cosine_decay_schedule", (0.0, -1.0, 10, 100), {}, ValueError,
+     f"peak_value {NEGATIVE}"),
+    ("piecewise_constant_schedule", (-1.0, {5: 0.5}), {}, ValueError,
+     f"init_value {NEGATIVE}"),
+    ("piecewise_interpolate_schedule", ("linear", -1.0, {5: 0.5}), {}, ValueError,
+     f"init_value {NEGATIVE}"),
+    ("linear_onecycle_schedule", (10, -1.0), {}, ValueError, f"peak_value {NEGATIVE}"),
+    ("cosine_onecycle_schedule", (10, -1.0), {}, ValueError, f"peak_value {NEGATIVE}"),
+    ("sgdr_schedule", ([dict(init_value=0.0, peak_value=-1.0, warmup_steps=1,
+                             decay_steps=3)],), {}, ValueError,
+     rf"cosine_kwargs\[0\]: peak_value {NEGATIVE}"),
+    ("constant_schedule", (1.0,), {"signed": 1}, TypeError, "signed must be a bool"),
     ("constant_schedule", (NAN,), {}, ValueError, "value must not be NaN"),
     ("constant_schedule", (INF,), {}, ValueError, "value must be finite, got inf"),
     ("constant_schedule", ("0.1",), {}, TypeError, "value must be a real number"),

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -46,33 +46,187 @@ SCHEDULES = ("warmup_cosine", "onecycle", "cosine", "constant")
 CHECKPOINTS_KEPT = 2
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default in --help, but for options whose help says what None is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad value reported in one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(
+    kind: type, low: float, *, low_open: bool = False, high: float | None = None
+):
+    """An argparse type: a ``kind`` in [low, high) (or (low, ...) if ``low_open``)."""
+    if high is not None:
+        allowed = f"in [{low}, {high})"
+    else:
+        allowed = f"> {low}" if low_open else f">= {low}"
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {what} {allowed}, got {text!r}"
+            ) from None
+        bad = value <= low if low_open else value < low
+        bad = bad or (high is not None and value >= high) or value != value
+        if bad or (kind is float and abs(value) == float("inf")):
+            raise argparse.ArgumentTypeError(f"must be {what} {allowed}, got {text}")
+        return value
+
+    return parse
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    positive = _number(int, 1)
+    try:
+        return tuple(positive(w) for w in text.split(","))
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"each width {e}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; the defaults are the recipe measured in the README."""
-    env, ints = os.environ.get, lambda s: tuple(int(w) for w in s.split(","))
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", choices=data.DATASETS, default="cifar10")
+    """The command line; the defaults are the recipe measured in the README.
+
+    Bad values are refused here, before anything is loaded: exit status 2 and
+    one line naming the option and what it takes.
+    """
+    env = os.environ.get
+    p = _Parser(
+        description=__doc__.splitlines()[0],
+        formatter_class=_Help,
+    )
+    p.add_argument(
+        "--dataset",
+        choices=data.DATASETS,
+        default="cifar10",
+        help="the dataset to train on",
+    )
     p.add_argument("--data-dir", default="data", help="where to look for datasets")
     p.add_argument("--no-download", action="store_true", help="never fetch data")
-    p.add_argument("--workdir", default="workdir")
-    p.add_argument("--resume", action="store_true", help="from the last checkpoint")
-    p.add_argument("--epochs", type=int, default=10, help="stop after this many")
+    p.add_argument(
+        "--workdir", default="workdir", help="metrics, plot and checkpoints go here"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --workdir",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_number(int, 1),
+        default=10,
+        help="stop after this many epochs (counting resumed ones)",
+    )
     # Not tied to --epochs, so that a run stopped and resumed follows the same path.
-    p.add_argument("--schedule-epochs", type=int, default=10, help="schedule length")
-    p.add_argument("--batch-size", type=int, default=64, help="the global batch")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--learning-rate", type=float, default=6e-3, help="peak rate")
-    p.add_argument("--schedule", choices=SCHEDULES, default="warmup_cosine")
-    p.add_argument("--weight-decay", type=float, default=5e-2)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--crop-padding", type=int, help="default: the dataset's")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="likewise")
-    p.add_argument("--widths", type=ints, default=(32, 64), help="e.g. 32,64,64")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--coordinator-address", default=env("JAX_COORDINATOR_ADDRESS"))
-    p.add_argument("--num-processes", type=int, default=env("JAX_NUM_PROCESSES"))
-    p.add_argument("--process-id", type=int, default=env("JAX_PROCESS_ID"))
-    return p.parse_args(argv)
+    p.add_argument(
+        "--schedule-epochs",
+        type=_number(int, 1),
+        default=10,
+        help="the length of the learning-rate schedule, in epochs",
+    )
+    p.add_argument(
+        "--past-schedule",
+        action="store_true",
+        help="allow --epochs beyond --schedule-epochs (the rate stays "
+        "at the schedule's end value, 0 for the cosine ones)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_number(int, 1),
+        default=64,
+        help="the global batch, divided among the devices",
+    )
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="adamw", help="the adamx optimizer"
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_number(float, 0.0, low_open=True),
+        default=6e-3,
+        help="the schedule's peak rate",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="warmup_cosine",
+        help="the learning-rate schedule",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=_number(float, 0.0),
+        default=5e-2,
+        help="decoupled weight decay (adamw, nadamw, lamb, lion)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=_number(float, 0.0, high=1.0),
+        default=0.1,
+        help="weight of the uniform target",
+    )
+    p.add_argument(
+        "--crop-padding",
+        type=_number(int, 0),
+        help="pixels of random shift (default: the dataset's own)",
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="random horizontal flips (default: the dataset's)",
+    )
+    p.add_argument(
+        "--widths",
+        type=_widths,
+        default="32,64",
+        help="channels of the conv blocks, e.g. 32,64,64",
+    )
+    p.add_argument(
+        "--hidden", type=_number(int, 1), default=256, help="units of the dense layer"
+    )
+    p.add_argument(
+        "--seed",
+        type=_number(int, 0),
+        default=0,
+        help="for the init, the data order and augmentation",
+    )
+    p.add_argument(
+        "--coordinator-address",
+        default=env("JAX_COORDINATOR_ADDRESS"),
+        help="host:port of process 0, for several processes",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=_number(int, 1),
+        default=env("JAX_NUM_PROCESSES"),
+        help="processes in all",
+    )
+    p.add_argument(
+        "--process-id",
+        type=_number(int, 0),
+        default=env("JAX_PROCESS_ID"),
+        help="this process's index",
+    )
+    args = p.parse_args(argv)
+    if args.epochs > args.schedule_epochs and args.schedule != "constant":
+        if not args.past_schedule:
+            p.error(
+                f"argument --epochs: {args.epochs} runs past the schedule's "
+                f"{args.schedule_epochs} epochs (--schedule-epochs), after which "
+                "the learning rate stays at its end value; raise "
+                "--schedule-epochs, or pass --past-schedule"
+            )
+    return args
 
 
 def make_optimizer(args: argparse.Namespace, steps_per_epoch: int, lib: Any = adamx):
@@ -157,7 +311,7 @@ def timed(batches: Iterable, seconds: list[float]) -> Iterator:
         yield batch
 
 
-def report(workdir: Path, history: list[dict]) -> None:
+def report(workdir: Path, history: list[dict], title: str) -> None:
     """Append the last epoch's metrics to metrics.jsonl, redraw the PNG, print."""
     import matplotlib
 
@@ -173,6 +327,7 @@ def report(workdir: Path, history: list[dict]) -> None:
     left.set(xlabel="epoch", ylabel="train loss")
     right.plot(epochs, [100 * h["test_accuracy"] for h in history], "o-")
     right.set(xlabel="epoch", ylabel="test accuracy (%)")
+    fig.suptitle(title)
     fig.savefig(workdir / "metrics.tmp.png", dpi=100)
     plt.close(fig)
     os.replace(workdir / "metrics.tmp.png", workdir / "metrics.png")
@@ -283,7 +438,7 @@ def train(args: argparse.Namespace, *, lib: Any = adamx, devices=None) -> list[d
             }
         )
         if chief:
-            report(workdir, history)
+            report(workdir, history, f"{ds.name}, {args.optimizer}")
         # After the metrics: should this save be cut short, the epoch is redone.
         state = {"params": params, "opt_state": opt_state, "batch_stats": batch_stats}
         state |= {"epoch": epoch + 1, "seed": seed}
@@ -295,20 +450,47 @@ def train(args: argparse.Namespace, *, lib: Any = adamx, devices=None) -> list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; missing data ends with a message, not a traceback."""
+    """The command line; bad values, missing data and Ctrl-C end with a message,
+    not a traceback."""
     args = parse_args(argv)
     if args.coordinator_address or (args.num_processes or 1) > 1:
         jax.distributed.initialize(
             args.coordinator_address, args.num_processes, args.process_id
         )
+    if args.batch_size % jax.device_count():
+        print(
+            f"{Path(sys.argv[0]).name}: error: argument --batch-size: must divide "
+            f"by the {jax.device_count()} devices, got {args.batch_size} (see --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         history = train(args)
     except (data.DatasetError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # The epoch under way is dropped; a checkpoint is written whole or not
+        # at all, so the last one on disk is complete.
+        found = checkpoints(Path(args.workdir) / "checkpoints")
+        kept = (
+            f"the last checkpoint, {found[-1]}, is kept"
+            if found
+            else "no epoch was done"
+        )
+        print(
+            f"\ninterrupted: {kept}; run the same command with --resume to go on",
+            file=sys.stderr,
+        )
+        return 130
     if history and jax.process_index() == 0:
         accuracy = 100 * history[-1]["test_accuracy"]
-        print(f"test accuracy after {history[-1]['epoch']} epochs: {accuracy:.2f}%")
+        seconds = sum(h["epoch_time_s"] for h in history)
+        images = sum(h["images_per_s"] * h["epoch_time_s"] for h in history)
+        print(
+            f"test accuracy after {history[-1]['epoch']} epochs: {accuracy:.2f}%, "
+            f"in {seconds:.0f} s of training ({images / seconds:,.0f} images/s)"
+        )
     return 0
 
 
