@@ -9,6 +9,11 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-internals lint typecheck docs docs-serve format clean
 
+# MathJax ships with the site, so that its formulas render offline: the files
+# the site loads, from the npm registry's package (not kept in the repository).
+MATHJAX_VERSION := 3.2.2
+MATHJAX := docs/javascripts/vendor/mathjax
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e ".[test,examples,docs]"
@@ -33,11 +38,20 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy adamx
 
-# Strict: a broken link, a missing page or a docstring reference to nothing fails.
-docs: setup
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+$(MATHJAX)/tex-mml-chtml.js:
+	rm -rf $(MATHJAX) && mkdir -p $(MATHJAX)
+	cd $(MATHJAX) && npm pack --silent mathjax@$(MATHJAX_VERSION) > /dev/null \
+		&& tar xzf mathjax-$(MATHJAX_VERSION).tgz --strip-components=2 \
+			package/es5/tex-mml-chtml.js package/es5/output/chtml/fonts/woff-v2 \
+		&& rm mathjax-$(MATHJAX_VERSION).tgz
 
-docs-serve: setup
+# Strict: a broken link, a missing page or a docstring reference to nothing
+# fails; then every page must load nothing from elsewhere and hold no raw TeX.
+docs: setup $(MATHJAX)/tex-mml-chtml.js
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	$(BIN)/python docs/check_site.py site
+
+docs-serve: setup $(MATHJAX)/tex-mml-chtml.js
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test: lint typecheck docs

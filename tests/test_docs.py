@@ -188,3 +188,51 @@ def test_python_on_the_page_runs(page, tmp_path, monkeypatch):
         if re.search(r"^(import|from) torch", code, re.M) and not HAVE_TORCH:
             continue
         exec(compile(code, f"docs/{page} (block {i + 1})", "exec"), namespace)
+
+
+# ----------------------------------------------------- the built site, offline
+
+
+def _check_site_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "check_site", ROOT / "docs" / "check_site.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_site_check_finds_raw_tex_and_external_scripts():
+    check = _check_site_module().check_page
+    good = (
+        '<script src="../javascripts/vendor/mathjax/tex-mml-chtml.js"></script>'
+        '<p>A rule: <span class="arithmatex">\\(x^2\\)</span>.</p>'
+        '<div class="arithmatex">\\[\\begin{aligned} a &= b \\end{aligned}\\]</div>'
+        "<pre><code>$$ not math $$</code></pre>"
+    )
+    assert check(good) == []
+    bad = (
+        '<script src="https://cdn.example.org/mathjax.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example.org/a.css">'
+        "<ul><li><p>$$</p><p>y = x \\begin{cases} 1 \\end{cases}</p></li></ul>"
+    )
+    assert check(bad) == [
+        "loads script https://cdn.example.org/mathjax.js from elsewhere",
+        "loads stylesheet //fonts.example.org/a.css from elsewhere",
+        "raw TeX '$$' outside the math",
+        "raw TeX '\\\\begin{' outside the math",
+    ]
+
+
+def test_the_built_site_works_offline():
+    # make docs builds the site (and runs this check) before the suite runs.
+    site = ROOT / "site"
+    if not (site / "index.html").is_file():
+        pytest.skip("no built site: make docs builds one")
+    assert _check_site_module().check_site(site) == []
+    # The math renderer is served with the site, its fonts beside it.
+    mathjax = site / "javascripts" / "vendor" / "mathjax"
+    assert (mathjax / "tex-mml-chtml.js").stat().st_size > 500_000
+    assert list((mathjax / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))

@@ -13,10 +13,16 @@ window.MathJax = {
   },
 };
 
-// Material swaps pages without reloading when instant loading is on; typeset
-// each page it shows.
+// MathJax typesets the page it loads with. Material swaps pages without
+// reloading when instant loading is on: typeset each page it shows after that
+// (document$ also announces the first page, which MathJax has done already).
 if (typeof document$ !== "undefined") {
+  let first = true;
   document$.subscribe(() => {
+    if (first) {
+      first = false;
+      return;
+    }
     if (window.MathJax && MathJax.typesetPromise) {
       MathJax.startup.output.clearCache();
       MathJax.typesetClear();
