@@ -699,9 +699,11 @@ def lion(
     r"""Lion: evolved sign momentum (Chen et al., 2023).
 
     .. math::
-        \theta_t = \theta_{t-1} - \alpha_t \left(\operatorname{sign}(\beta_1
-        m_{t-1} + (1 - \beta_1) g_t) + \lambda\, \theta_{t-1}\right), \qquad
-        m_t = \beta_2 m_{t-1} + (1 - \beta_2) g_t
+        \begin{aligned}
+        \theta_t &= \theta_{t-1} - \alpha_t \left(\operatorname{sign}(\beta_1
+        m_{t-1} + (1 - \beta_1) g_t) + \lambda\, \theta_{t-1}\right) \\
+        m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+        \end{aligned}
 
     This is the paper's Algorithm 2, decay multiplied by the learning rate.
 
@@ -903,9 +905,12 @@ def adafactor(
     r"""Adafactor: sublinear-memory adaptive steps (Shazeer & Stern, 2018).
 
     .. math::
-        u_t = \frac{g_t}{\sqrt{\hat V_t}} \cdot \frac{1}{\max(1,
+        \begin{aligned}
+        u_t &= \frac{g_t}{\sqrt{\hat V_t}} \cdot \frac{1}{\max(1,
         \operatorname{rms}(\cdot)/d)} \cdot \alpha_t \max(\operatorname{rms}
-        (\theta_{t-1}), 10^{-3}), \qquad \theta_t = \theta_{t-1} - u_t
+        (\theta_{t-1}), 10^{-3}) \\
+        \theta_t &= \theta_{t-1} - u_t
+        \end{aligned}
 
     where :math:`\hat V_t` is the factored second moment of
     :func:`~adamx.scale_by_factored_rms` and :math:`d` the clipping threshold.

@@ -314,7 +314,7 @@ def plot(results: dict, path: str) -> None:
     case_names = list(results["cases"])
     impl_names = list(next(iter(results["cases"].values()))["results"])
     width = 0.8 / len(impl_names)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
     for i, impl in enumerate(impl_names):
         values = [
             results["cases"][c]["results"][impl]["ratio_to_optax"] for c in case_names
@@ -332,9 +332,9 @@ def plot(results: dict, path: str) -> None:
     ax.set_xticks(np.arange(len(case_names)) + 0.4 - width / 2, case_names)
     ax.set_ylabel("step time / optax.adam (lower is better)")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    # Below the bars, where no group hides under it.
+    fig.legend(fontsize=8, ncol=5, loc="outside lower center")
     ax.set_title(f"Adam step, {results['device']}")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 

@@ -13,6 +13,7 @@ the loss at a few points of the budget, the test accuracy and the time taken.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
@@ -90,14 +91,31 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     steps = data.steps_per_epoch(ds, args.batch_size)
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-    for name, r in results.items():
-        ax.plot(smooth(r["losses"], 25), label=f"{name} (lr {rates[name]:g})")
+    fig, (ax, late) = plt.subplots(
+        1, 2, figsize=(10, 4.5), layout="constrained", width_ratios=(3, 2)
+    )
+    # Curves this close hide each other: each its own dash and marker, and the
+    # last third of training drawn apart, where they differ.
+    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
+    markers = ["o", "s", "^", "v", "D"]
+    third = 2 * len(next(iter(results.values()))["losses"]) // 3
+    for i, (name, r) in enumerate(results.items()):
+        curve = smooth(r["losses"], 25)
+        style = dict(ls=styles[i % len(styles)], marker=markers[i % len(markers)],
+                     markevery=len(curve) // 8, lw=1.3, ms=4)  # fmt: skip
+        ax.plot(curve, label=f"{name} (lr {rates[name]:g})", **style)
+        late.plot(np.arange(third, len(curve)), curve[third:], **style)
     ax.set(xlabel="step", ylabel="train loss (25-step average)", yscale="log")
-    ax.set_title(f"{ds.name}, {args.epochs} epochs of {steps} steps, batch "
+    late.set(xlabel="step", title="the last third")
+    fig.suptitle(f"{ds.name}, {args.epochs} epochs of {steps} steps, batch "
                  f"{args.batch_size}")  # fmt: skip
     ax.legend()
     fig.savefig(own.out, dpi=110)
+    with open(own.out.rsplit(".", 1)[0] + ".json", "w") as f:
+        json.dump({name: {"losses": r["losses"].tolist(),
+                          "test_accuracy": r["test_accuracy"],
+                          "seconds": r["seconds"], "learning_rate": rates[name]}
+                   for name, r in results.items()}, f)  # fmt: skip
     print(f"\nwrote {own.out}\n")
 
     marks = [len(r["losses"]) // 10, len(r["losses"]) // 2, len(r["losses"])]

@@ -236,3 +236,23 @@ def test_the_built_site_works_offline():
     mathjax = site / "javascripts" / "vendor" / "mathjax"
     assert (mathjax / "tex-mml-chtml.js").stat().st_size > 500_000
     assert list((mathjax / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+
+
+@pytest.mark.parametrize("page", ["performance.md", "memory.md"])
+def test_the_results_pages_fit_a_screen_or_two(page):
+    # The table, the plot, what it means and how to reproduce it; method and
+    # history live in the benchmark notes.
+    text = (DOCS / page).read_text()
+    assert len(text.split()) < 800, len(text.split())
+    assert "benchmark-notes.md" in text
+    assert "## Reproduce" in text
+
+
+def test_no_table_of_the_docs_is_wider_than_six_columns():
+    # Wider ones are clipped in the page's column.
+    for page in [*DOCS.rglob("*.md"), ROOT / "examples" / "cifar10" / "README.md"]:
+        if page.name == "benchmark-notes.md":
+            continue  # the full tables, kept for reference
+        for line in page.read_text().splitlines():
+            if line.startswith("|---"):
+                assert line.count("|") - 1 <= 6, f"{page.name}: {line}"
