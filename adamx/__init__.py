@@ -51,6 +51,15 @@ from adamx.frontier import adopt, scale_by_adopt
 from adamx.inplace import step
 from adamx.lowbit import QuantizedArray, state_nbytes
 from adamx.moments import bias_correction
+from adamx.muon import (
+    NS_COEFFS,
+    MuonDimensionNumbers,
+    ScaleByMuonState,
+    muon,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_shape,
+)
 from adamx.native import native_available
 from adamx.optimizers import (
     adabelief,
@@ -147,6 +156,8 @@ __all__ = [
     "MonitorState",
     "MultiSteps",
     "MultiStepsState",
+    "MuonDimensionNumbers",
+    "NS_COEFFS",
     "OptState",
     "Params",
     "PartitionState",
@@ -157,6 +168,7 @@ __all__ = [
     "ScaleByBeliefState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
+    "ScaleByMuonState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
     "ScaleByStddevState",
@@ -204,10 +216,12 @@ __all__ = [
     "loss_scale",
     "masked",
     "monitor",
+    "muon",
     "nadam",
     "nadamw",
     "named_chain",
     "native_available",
+    "orthogonalize_via_newton_schulz",
     "partition",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
@@ -224,10 +238,12 @@ __all__ = [
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_muon",
     "scale_by_param_block_rms",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_schedule",
+    "scale_by_shape",
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "set_hyperparams",

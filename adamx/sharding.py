@@ -25,6 +25,7 @@ constraints. See ``docs/distributed.md``.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import operator
 from collections import defaultdict
@@ -40,7 +41,22 @@ from adamx.combine import call_update, check_transformation
 from adamx.lowbit import QuantizedArray, block_axes, is_quantized
 from adamx.traits import Traits, traits_of
 
-__all__ = ["bytes_per_device", "sharded", "state_shardings", "zero_spec"]
+__all__ = [
+    "bytes_per_device",
+    "by_matrix",
+    "like_state",
+    "matrix_work",
+    "matrix_workers",
+    "sharded",
+    "state_shardings",
+    "zero_spec",
+]
+
+# The mesh axis over which sharded() splits per-matrix work, while its update
+# traces the wrapped transformation's.
+_WORK_AXIS: contextvars.ContextVar[tuple[Mesh, str] | None] = contextvars.ContextVar(
+    "adamx_work_axis", default=None
+)
 
 # ------------------------------------------------------------------ helpers
 
@@ -306,6 +322,117 @@ def bytes_per_device(tree: Any) -> int:
     return max(per_device.values(), default=0)
 
 
+def matrix_workers() -> int:
+    """How many devices share per-matrix work: the size of the axis a
+    :func:`sharded` update splits over while it traces, 1 elsewhere.
+
+    A transformation that works matrix by matrix (Muon's Newton-Schulz) pads
+    its stacks of same-shape matrices to a multiple of this number, so that
+    :func:`by_matrix` gives each device whole matrices.
+
+    Returns:
+        The number of devices.
+
+    Example:
+        >>> from adamx.sharding import matrix_workers
+        >>> matrix_workers()
+        1
+    """
+    work = _WORK_AXIS.get()
+    return 1 if work is None else work[0].shape[work[1]]
+
+
+def by_matrix(stack: jax.Array) -> jax.Array:
+    """Lay a stack of matrices ``(B, m, n)`` out by whole matrices over the axis
+    a :func:`sharded` update splits over; unchanged elsewhere.
+
+    Each device then holds ``B / matrix_workers()`` whole matrices and works on
+    them alone: no collective inside the work, one to bring the stack in and
+    one to send its results back to the state's layout (:func:`like_state`).
+
+    Args:
+        stack: the matrices, their number a multiple of :func:`matrix_workers`.
+
+    Returns:
+        ``stack``, constrained to that layout.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.sharding import by_matrix
+        >>> by_matrix(jnp.zeros((2, 3, 3))).shape
+        (2, 3, 3)
+    """
+    work = _WORK_AXIS.get()
+    if work is None:
+        return stack
+    mesh, axis = work
+    spec = P(axis, *([None] * (stack.ndim - 1)))
+    return _constrain(stack, NamedSharding(mesh, spec))
+
+
+def matrix_work(fn: Any, xs: list[jax.Array], *args: Any) -> list[jax.Array]:
+    """Run ``fn(xs, *args)``, per-matrix work on leaves laid out as state, where
+    :func:`by_matrix` and :func:`like_state` can place its arrays.
+
+    On a mesh of ``Auto`` axes (or outside :func:`sharded`) that is a plain
+    call. A mesh with ``Explicit`` axes makes each array's layout part of its
+    type, and slicing a stack split by matrices would need a reshard per
+    matrix: there ``fn`` runs inside ``jax.sharding.auto_axes``, its results
+    laid out as state leaves.
+
+    Args:
+        fn: ``(list of arrays, *args) -> list of arrays shaped like them``.
+        xs: the arrays.
+        *args: what else ``fn`` reads (pass arrays here, not in a closure:
+            inside ``auto_axes`` a closed-over array keeps its explicit type).
+
+    Returns:
+        ``fn(xs, *args)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.sharding import matrix_work
+        >>> matrix_work(lambda xs, k: [k * x for x in xs], [jnp.ones(2)], 2.0)[0]
+        Array([2., 2.], dtype=float32)
+    """
+    work = _WORK_AXIS.get()
+    if work is None or not _explicit(work[0]):
+        return fn(xs, *args)
+    mesh, axis = work
+    auto = Mesh(
+        mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.shape)
+    )
+    out = [NamedSharding(mesh, zero_spec(_shape(x) or (), mesh, axis)) for x in xs]
+    token = _WORK_AXIS.set((auto, axis))
+    try:
+        return jax.sharding.auto_axes(fn, out_sharding=out)(xs, *args)
+    finally:
+        _WORK_AXIS.reset(token)
+
+
+def like_state(x: jax.Array) -> jax.Array:
+    """Lay ``x`` out as a :func:`sharded` update lays out a state leaf of its
+    shape (:func:`zero_spec`); unchanged elsewhere.
+
+    Args:
+        x: an array shaped like a param.
+
+    Returns:
+        ``x``, constrained to that layout.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.sharding import like_state
+        >>> like_state(jnp.ones(3)).shape
+        (3,)
+    """
+    work = _WORK_AXIS.get()
+    if work is None:
+        return x
+    mesh, axis = work
+    return _constrain(x, NamedSharding(mesh, zero_spec(x.shape, mesh, axis)))
+
+
 def sharded(
     tx: GradientTransformation,
     mesh: Mesh,
@@ -449,7 +576,13 @@ def sharded(
         if params is not None:
             params = _constrain_tree(params, layout(params, params))
         state = _constrain_tree(state, layout(state, updates))
-        new_updates, new_state = call_update(tx, grads, state, params, extra_args)
+        # Per-matrix work (Muon's Newton-Schulz) is split by whole matrices over
+        # the axis; with the params split over other axes too, it is left to XLA.
+        token = _WORK_AXIS.set((mesh, axis) if params_sharding is None else None)
+        try:
+            new_updates, new_state = call_update(tx, grads, state, params, extra_args)
+        finally:
+            _WORK_AXIS.reset(token)
         new_state = _constrain_tree(new_state, layout(new_state, updates))
         return _constrain_tree(new_updates, out), new_state
 

@@ -3,8 +3,8 @@
     python tests/multiprocess_worker.py --out params.npz \\
         --num-processes 2 --process-id 0 --port 12345      # and --process-id 1
 
-Trains a small MLP for a few steps with adamx, once with plain ``adamw`` and once
-with ``sharded(adamw)`` (ZeRO-1), on a 2-device mesh: one device in each of 2
+Trains a small MLP for a few steps with adamx, with plain ``adamw`` and
+``muon`` and with each under ``sharded`` (ZeRO-1), on a 2-device mesh: one device in each of 2
 processes joined by ``jax.distributed`` or, without those arguments, both devices
 of this process (``XLA_FLAGS=--xla_force_host_platform_device_count=2``). Each
 process feeds its own rows of every global batch. Process 0 writes the final
@@ -82,10 +82,17 @@ def train(tx, mesh) -> dict[str, np.ndarray]:
 
 
 def results_of_runs(devices: list) -> dict[str, np.ndarray]:
-    """Final params of plain and ZeRO-1 AdamW runs on a mesh over ``devices``."""
+    """Final params of plain and ZeRO-1 runs of AdamW and of Muon (which splits
+    its Newton-Schulz work by matrices) on a mesh over ``devices``."""
     mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
     tx = adamx.adamw(1e-2, weight_decay=0.1)
-    runs = {"plain": train(tx, mesh), "sharded": train(sharded(tx, mesh), mesh)}
+    muon = adamx.muon(1e-2, weight_decay=0.1)
+    runs = {
+        "plain": train(tx, mesh),
+        "sharded": train(sharded(tx, mesh), mesh),
+        "muon": train(muon, mesh),
+        "sharded_muon": train(sharded(muon, mesh), mesh),
+    }
     return {f"{run}/{k}": v for run, ps in runs.items() for k, v in ps.items()}
 
 

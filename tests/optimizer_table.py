@@ -122,6 +122,12 @@ OPTIMIZERS: dict[str, Entry] = {
         lambda: optax.contrib.adopt(1e-2, use_clipping=False),
         frozenset({"optax", "elementwise", "mu_dtype", "real", "variant"}),
     ),
+    # Muon for the matrices, AdamW for the other leaves.
+    "muon": Entry(
+        lambda **storage: adamx.muon(1e-2, weight_decay=0.1, **storage),
+        lambda: optax.contrib.muon(1e-2, weight_decay=0.1),
+        frozenset({"optax", "state_bits", "params", "mu_dtype"}),
+    ),
     "lamb": _pair("lamb", "state_bits params", learning_rate=1e-2, weight_decay=0.01),
     "lion": _pair(
         "lion",

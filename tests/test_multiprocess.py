@@ -114,11 +114,13 @@ def test_two_processes_end_with_the_params_of_one_process_on_two_devices(tmp_pat
     for key in single:
         np.testing.assert_allclose(multi[key], single[key], rtol=1e-6, err_msg=key)
     # Plain and ZeRO-1 runs agree too (the model's matmuls split differently).
-    for key in [k for k in single if k.startswith("plain/")]:
-        other = "sharded/" + key.split("/", 1)[1]
-        np.testing.assert_allclose(single[key], single[other], rtol=1e-5, atol=1e-7)
-    # The run trained: params moved from their start.
+    for run, zero in (("plain", "sharded"), ("muon", "sharded_muon")):
+        for key in [k for k in single if k.startswith(f"{run}/")]:
+            other = single[zero + key[len(run) :]]
+            np.testing.assert_allclose(single[key], other, rtol=1e-5, atol=1e-7)
+    # The runs trained: params moved from their start, and Muon differently.
     assert not np.allclose(single["plain/b1"], 0.0)
+    assert not np.allclose(single["muon/w1"], single["plain/w1"])
 
 
 def example_args(data_dir: Path, workdir: Path) -> list[str]:

@@ -162,7 +162,12 @@ def after_last_attribute(path):
     return keystr(path[:cut]), keystr(path[cut:])
 
 
-def check_jit_equals_eager(eager, jitted):
+# Newton-Schulz multiplies a rounding difference near a small singular value by
+# up to its slope at zero (3.4 for Muon's quintic) at every one of its steps.
+ULPS = {"muon": 64}
+
+
+def check_jit_equals_eager(eager, jitted, ulps=8):
     # XLA may fuse or fold constants differently from eager execution, and with
     # half-precision leaves it may skip a rounding between two stages of a
     # chain, so allow a few ulps of the dtype of the param a leaf belongs to
@@ -188,7 +193,7 @@ def check_jit_equals_eager(eager, jitted):
             assert y.dtype == x.dtype, where
             field, param = after_last_attribute(path)
             # Leaves of no param (step counts, learning rates) get float32's.
-            tol = 8 * eps.get(param, float(jnp.finfo(jnp.float32).eps))
+            tol = ulps * eps.get(param, float(jnp.finfo(jnp.float32).eps))
             np.testing.assert_allclose(
                 np.asarray(y, np.float64),
                 np.asarray(x, np.float64),
@@ -253,7 +258,7 @@ def test_properties_hold_on_random_trees(strict_promotion, name, spec, data_seed
     params, grads = materialize(spec, data_seed)
     eager, _ = trajectory(name, params, grads, jit=False)
     jitted, traces = trajectory(name, params, grads, jit=True)
-    check_jit_equals_eager(eager, jitted)
+    check_jit_equals_eager(eager, jitted, ULPS.get(name, 8))
     check_dtypes_and_shapes_kept(jitted)
     check_structure_stable(jitted, traces)
     check_finite(jitted)
