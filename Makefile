@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test,examples,docs]"
 	# torch is optional: its cross-checks are skipped where no CPU build installs.
 	-$(BIN)/python -m pip install -q "torch==2.13.0"
+	# SOAP's cross-check against a port of the authors' code (skipped without).
+	-$(BIN)/python -m pip install -q "pytorch-optimizer==4.1.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -99,6 +99,7 @@ from adamx.schedules import (
     warmup_cosine_decay_schedule,
 )
 from adamx.sharding import bytes_per_device, sharded, state_shardings, zero_spec
+from adamx.soap import ScaleBySoapState, scale_by_soap, soap
 from adamx.traits import Stage, Traits, traits_of
 from adamx.transforms import (
     AddDecayedWeightsState,
@@ -171,6 +172,7 @@ __all__ = [
     "ScaleByMuonState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
+    "ScaleBySoapState",
     "ScaleByStddevState",
     "Schedule",
     "Stage",
@@ -244,6 +246,7 @@ __all__ = [
     "scale_by_rms",
     "scale_by_schedule",
     "scale_by_shape",
+    "scale_by_soap",
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "set_hyperparams",
@@ -251,6 +254,7 @@ __all__ = [
     "sgd",
     "sgdr_schedule",
     "sharded",
+    "soap",
     "state_nbytes",
     "state_shardings",
     "step",

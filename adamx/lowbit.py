@@ -60,6 +60,7 @@ __all__ = [
     "dequantize",
     "is_quantized",
     "quantize",
+    "requantize",
     "state_nbytes",
     "update_quantized",
     "zeros",
@@ -704,7 +705,7 @@ def update_quantized(
         ]  # fmt: skip
         u, *new = body(g, *(m.astype(compute_dtype) for m in loaded))
         new = [
-            _requantize(x, m) if is_quantized(m) else x
+            requantize(x, m) if is_quantized(m) else x
             for x, m in zip(new, moments, strict=True)
         ]
         return (u, *new)
@@ -825,7 +826,23 @@ def _update_explicit(
     return (jnp.reshape(u, g.shape, out_sharding=sharding), *new)
 
 
-def _requantize(x: jax.Array, like: QuantizedArray) -> QuantizedArray:
+def requantize(x: jax.Array, like: QuantizedArray) -> QuantizedArray:
+    """Quantize ``x`` in the format of ``like`` (block size, code map, bits).
+
+    Args:
+        x: the new values, of ``like``'s shape.
+        like: the quantized array whose format to keep.
+
+    Returns:
+        The new :class:`QuantizedArray`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.lowbit import quantize, requantize
+        >>> q = requantize(jnp.full(512, 2.0), quantize(jnp.zeros(512)))
+        >>> float(q.dequantize()[0])
+        2.0
+    """
     fmt = like.format
     cmap = _MAPS[(fmt.code_map, fmt.bits)]
     blocks = _as_blocks(x, fmt).astype(jnp.float32)

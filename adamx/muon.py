@@ -167,7 +167,7 @@ def _check_preconditioning(pre: Any) -> None:
 
 def _check_ns_dtype(ns_dtype: Any) -> Any:
     dt = checks.check_float_dtype("ns_dtype", ns_dtype)
-    if dt is not None and jnp.dtype(dt).itemsize > 4:
+    if dt is not None and jnp.dtype(ns_dtype).itemsize > 4:
         raise ValueError(
             "ns_dtype sets the matmuls' input precision below the computation's "
             f"(bfloat16, float16 or float32), got {ns_dtype!r}"

@@ -47,7 +47,9 @@ __all__ = [
     "as_placeholders",
     "as_stored_fns",
     "check_moment_tree",
+    "load",
     "real_dtype",
+    "store",
     "store_like",
     "update_moments",
 ]
@@ -277,6 +279,37 @@ def check_moment_tree(
     match a moment (or params) tree; a quantized moment counts as one leaf."""
     check = check_same_shapes if shapes else check_same_structure
     check("updates", updates, name, as_placeholders(moment))
+
+
+def load(m: Any, dtype: Any) -> jax.Array:
+    """A stored moment as an array of ``dtype``, decoded if quantized.
+
+    For a transformation whose formula is not element-wise (SOAP rotates its
+    moments), so that :func:`update_moments` cannot run it block by block.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.storage import load
+        >>> load(jnp.ones(2, jnp.bfloat16), jnp.float32)
+        Array([1., 1.], dtype=float32)
+    """
+    if lowbit.is_quantized(m):
+        return lowbit.dequantize(m).astype(dtype)
+    return m.astype(dtype)
+
+
+def store(x: jax.Array, like: Any) -> Any:
+    """A fresh moment in ``like``'s storage: its dtype, or its codes' format.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.storage import store
+        >>> store(jnp.ones(2), jnp.zeros(2, jnp.bfloat16)).dtype
+        dtype(bfloat16)
+    """
+    if lowbit.is_quantized(like):
+        return lowbit.requantize(x, like)
+    return x.astype(like.dtype)
 
 
 def store_like(x: Any, like: Any) -> Any:

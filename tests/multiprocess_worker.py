@@ -3,11 +3,11 @@
     python tests/multiprocess_worker.py --out params.npz \\
         --num-processes 2 --process-id 0 --port 12345      # and --process-id 1
 
-Trains a small MLP for a few steps with adamx, with plain ``adamw`` and
-``muon`` and with each under ``sharded`` (ZeRO-1), on a 2-device mesh: one device in each of 2
-processes joined by ``jax.distributed`` or, without those arguments, both devices
-of this process (``XLA_FLAGS=--xla_force_host_platform_device_count=2``). Each
-process feeds its own rows of every global batch. Process 0 writes the final
+Trains a small MLP for a few steps with adamx, with plain ``adamw`` and ``muon``
+and with each under ``sharded`` (ZeRO-1), on a 2-device mesh: one device in each
+of 2 processes joined by ``jax.distributed`` or, without those arguments, both
+devices of this process (``XLA_FLAGS=--xla_force_host_platform_device_count=2``).
+Each process feeds its own rows of every global batch. Process 0 writes the final
 params to ``--out``. ``results_of_runs`` runs the same training in the caller's
 process.
 """

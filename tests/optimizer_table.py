@@ -128,6 +128,18 @@ OPTIMIZERS: dict[str, Entry] = {
         lambda: optax.contrib.muon(1e-2, weight_decay=0.1),
         frozenset({"optax", "state_bits", "params", "mu_dtype"}),
     ),
+    # SOAP (no Optax twin): a basis refresh every other step, so that the
+    # shared checks' few steps cross several. Only dimensions of at most 4 are
+    # rotated: in the shared trees their statistics have full rank. Where they
+    # do not, an eigenvalue repeats, its eigenvectors are any basis of its
+    # space, and a rounding difference (pmean, a sharded sum) picks another.
+    "soap": Entry(
+        lambda **storage: adamx.soap(
+            1e-2, precondition_frequency=2, max_precondition_dim=4, **storage
+        ),
+        None,
+        frozenset({"state_bits", "params", "real"}),
+    ),
     "lamb": _pair("lamb", "state_bits params", learning_rate=1e-2, weight_decay=0.01),
     "lion": _pair(
         "lion",

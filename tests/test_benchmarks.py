@@ -132,3 +132,34 @@ def test_sharding_benchmark_splits_the_state_over_the_devices(tmp_path):
         sharded = rows["adamx.sharded(adamw)"]["state_bytes_per_device"]
         # Each device keeps its share of the moments, plus a few scalars.
         assert moments / run["devices"] <= sharded < moments / run["devices"] + 64
+
+
+def test_muon_benchmark_reports_time_roofline_and_the_sharded_step(tmp_path):
+    muon = load("muon")
+    out = tmp_path / "muon.json"
+    muon.main(["--quick", "--devices", "4", "--json", str(out)])
+    results = json.loads(out.read_text())
+    single = results["single_device"]
+    assert set(single["steps"]) == {
+        "optax.contrib.muon", "adamx.muon", "adamx.muon bf16 NS", "optax.adamw"
+    }  # fmt: skip
+    assert single["steps"]["optax.contrib.muon"]["vs_optax_muon"] == 1.0
+    assert all(row["ms"] > 0 for row in single["steps"].values())
+    assert len(single["roofline"]) == 2
+    sharded = results["sharded"]
+    assert sharded["devices"] == 4
+    for row in sharded["steps"].values():
+        assert row["collectives"] > 0 and 0 < row["state_bytes_per_device_vs_whole"] < 1
+
+
+def test_muon_benchmark_counts_newton_schulz_flops_and_collective_bytes():
+    muon = load("muon")
+    # Five steps of (64 x 64)(64 x 128) twice and (64 x 64)^2 once.
+    assert muon.ns_flops({"w": (128, 64)}) == 5 * (2 * 2 * 64 * 64 * 128 + 2 * 64**3)
+    assert muon.ns_flops({"embed": (10, 4), "b": (4,)}) == 0
+    hlo = (
+        "  %ag = f32[8,16]{1,0} all-gather(%p), dimensions={0}\n"
+        "  %a2a = (f32[1,4]{1,0}, f32[1,4]{1,0}) all-to-all(%x, %y)\n"
+        "  %add = f32[8,16]{1,0} add(%ag, %ag)\n"
+    )
+    assert muon.collectives(hlo) == (2, 4 * 8 * 16 + 2 * 4 * 4)

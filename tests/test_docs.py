@@ -27,6 +27,7 @@ RUNNABLE_PAGES = [
     "guides/from-optax.md",
     "guides/from-torch.md",
     "guides/adam-family.md",
+    "guides/muon.md",
 ]
 
 try:

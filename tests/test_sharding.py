@@ -75,11 +75,17 @@ def single_device_run(tx, host, steps):
     return run(tx, params, steps)
 
 
-def assert_same_numbers(ours, ref):
+def assert_same_numbers(ours, ref, atol=0.0):
     for k in ref:
         np.testing.assert_allclose(
-            np.asarray(ours[k]), np.asarray(ref[k]), rtol=1e-6, err_msg=k
+            np.asarray(ours[k]), np.asarray(ref[k]), rtol=1e-6, atol=atol, err_msg=k
         )
+
+
+# SOAP rotates its moments by sums over dimensions that the ZeRO layout splits:
+# summed in another order, they round differently (by about 1e-7 of params of
+# order one).
+ATOL = {"soap": 1e-6}
 
 
 def assert_follows_params(state, params):
@@ -186,7 +192,7 @@ def state_size(state):
     return total, unsplit
 
 
-def check_zero(tx, mesh, steps=3):
+def check_zero(tx, mesh, steps=3, atol=0.0):
     host = host_params(SHAPES_1D)
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(host, replicated)
@@ -195,7 +201,7 @@ def check_zero(tx, mesh, steps=3):
     ours, state = run(ztx, params, steps, state0)
     ref, ref_state = single_device_run(tx, host, steps)
 
-    assert_same_numbers(ours, ref)
+    assert_same_numbers(ours, ref, atol)
     for k, p in ours.items():
         assert p.sharding.is_equivalent_to(replicated, p.ndim), (k, p.sharding)
     # The step gives the state back in the layout it took: nothing drifts.
@@ -209,7 +215,7 @@ def check_zero(tx, mesh, steps=3):
 @pytest.mark.parametrize("name", IDS)
 def test_sharded_matches_one_device_and_splits_the_state(name):
     tx, _ = OPTIMIZERS[name]()
-    check_zero(tx, make_mesh((8,), ("data",)))
+    check_zero(tx, make_mesh((8,), ("data",)), atol=ATOL.get(name, 0.0))
 
 
 @pytest.mark.parametrize("name", ["lamb", "adafactor"])
