@@ -236,7 +236,8 @@ def scale_by_soap(
             mu=storage.init(MU, params),
             nu=storage.init(NU, params),
             stats=stats,
-            bases=stats,
+            # Their own buffers: a donated state must not hold one twice.
+            bases=jax.tree.map(jnp.zeros_like, stats),
         )
 
     def update_fn(updates, state, params=None):

@@ -163,3 +163,14 @@ def test_muon_benchmark_counts_newton_schulz_flops_and_collective_bytes():
         "  %add = f32[8,16]{1,0} add(%ag, %ag)\n"
     )
     assert muon.collectives(hlo) == (2, 4 * 8 * 16 + 2 * 4 * 4)
+
+
+def test_soap_benchmark_times_both_implementations(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("pytorch_optimizer")
+    out = tmp_path / "soap.json"
+    load("soap").main(["--quick", "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results["ms_per_step"]) == {"adamx.soap", "pytorch-optimizer SOAP"}
+    assert all(ms > 0 for ms in results["ms_per_step"].values())
+    assert results["adamx_vs_torch"] > 0

@@ -317,3 +317,21 @@ def test_bfloat16_params_keep_their_dtype_and_float32_state():
         assert bool(jnp.all(jnp.isfinite(new[k])))
         assert not bool(jnp.all(new[k] == params[k])), k
     assert state[0].stats["square"][0].dtype == jnp.float32
+
+
+def test_a_donated_state_steps():
+    # The statistics and the bases start as zeros of one shape: each its own
+    # buffer, or donating the state would donate one buffer twice.
+    params = params_tree(jnp.float32)
+    tx = adamx.soap(3e-3)
+
+    def step(p, s, i):
+        u, s = tx.update(grads_at(p, i), s, p)
+        return adamx.apply_updates(p, u), s
+
+    donated = jax.jit(step, donate_argnums=(0, 1))
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    for i in range(3):
+        p, s = donated(p, s, i)
+    want, _ = run(tx, params, steps=3)
+    assert_bitwise_equal(p, want)
