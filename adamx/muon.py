@@ -333,13 +333,26 @@ def _mm(x: jax.Array, y: jax.Array, low: Any) -> jax.Array:
     return jnp.matmul(x.astype(low), y.astype(low), preferred_element_type=x.dtype)
 
 
+def _gram(x: jax.Array, low: Any) -> jax.Array:
+    """``x @ x^H`` for each matrix of a stack, accumulated as ``x``.
+
+    One contraction over both operands' last axes rather than a product with a
+    transpose: XLA's CPU backend runs the bfloat16 form of the latter at about
+    half the speed.
+    """
+    y = x.conj()
+    if low is None:
+        return jnp.einsum("...ij,...kj->...ik", x, y)
+    return jnp.einsum(
+        "...ij,...kj->...ik",
+        x.astype(low),
+        y.astype(low),
+        preferred_element_type=x.dtype,
+    )
+
+
 def _fro(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(abs_sq(x), axis=(-2, -1), keepdims=True))
-
-
-def _h(x: jax.Array) -> jax.Array:
-    """The conjugate transpose of each matrix of a stack."""
-    return jnp.swapaxes(x.conj(), -1, -2)
 
 
 def _newton_schulz(
@@ -358,7 +371,7 @@ def _newton_schulz(
     per_step = coeffs.ndim == 2
     for i in range(coeffs.shape[0] if per_step else steps):
         a0, b0, c0 = (coeffs[i] if per_step else coeffs)[:3]
-        a = _mm(x, _h(x), low)
+        a = _gram(x, low)
         if i == 0 and pre == "aol":
             # Almost-orthogonal-layer rescaling: each row by the inverse root of
             # its Gram row's absolute sum bounds the spectrum by one.

@@ -312,7 +312,7 @@ def test_bfloat16_matmuls_accumulate_in_float32_and_stay_close():
     dots = [line for line in text.splitlines() if "dot_general" in line]
     assert len(dots) == 15
     for line in dots:
-        assert re.search(r"tensor<\d+x\d+xbf16>, tensor<\d+x\d+xbf16>\)", line), line
+        assert re.search(r"tensor<(\d+x)+bf16>, tensor<(\d+x)+bf16>\)", line), line
         assert line.rstrip().endswith("xf32>"), line
 
 
