@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test,examples,docs]"
 	# torch is optional: its cross-checks are skipped where no CPU build installs.
 	-$(BIN)/python -m pip install -q "torch==2.13.0"
-	# SOAP's cross-check against a port of the authors' code (skipped without).
+	# The authors' (or their ports') PyTorch optimizers, test-only oracles; each
+	# cross-check is skipped where its package does not install.
 	-$(BIN)/python -m pip install -q "pytorch-optimizer==4.1.0"
+	-$(BIN)/python -m pip install -q --no-deps "schedulefree==1.4.1" \
+		"prodigyopt==1.1.2" "adam-mini==1.1.1" "torch-optimi==0.3.3" "sophia-opt==0.2.2"
 	touch $(STAMP)
 
 setup: $(STAMP)

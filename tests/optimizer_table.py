@@ -20,6 +20,9 @@ Tags:
                  checks that hold for any optimizer (scan, pmap, sharding,
                  the flat layout, storage) take the others only.
     wrapped      a wrapper or combinator around an optimizer.
+    frontier     one of Adam's successors: at 8 bits its state is at most
+                 0.4x the float32 state and it ends within 5% of its float32
+                 run's loss.
 """
 
 from collections.abc import Callable
@@ -108,7 +111,9 @@ OPTIMIZERS: dict[str, Entry] = {
     "adopt": Entry(
         lambda **storage: adamx.adopt(1e-2, **storage),
         lambda: optax.contrib.adopt(1e-2),
-        frozenset({"optax", "state_bits", "elementwise", "mu_dtype", "real"}),
+        frozenset(
+            {"optax", "state_bits", "elementwise", "mu_dtype", "real", "frontier"}
+        ),
     ),
     "adopt_nesterov": Entry(
         lambda **storage: adamx.adopt(1e-2, b2=0.99, nesterov=True, **storage),

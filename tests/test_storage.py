@@ -199,6 +199,23 @@ def test_each_optimizer_follows_its_fp32_run_at_8_bits(name):
     assert np.abs(our_loss / ref_loss - 1).max() < 0.12
 
 
+# Adam's successors (the table's ``frontier`` tag) at 8 bits: state at most
+# 0.4x the float32 state's bytes, and the float32 run's final loss within 5%.
+@pytest.mark.parametrize("name", ids("frontier", "state_bits", without=CORE))
+def test_frontier_optimizers_at_8_bits_keep_their_loss_in_under_half_the_bytes(
+    name,
+):
+    entry = OPTIMIZERS[name]
+    params = big_params()
+    full = adamx.lowbit.state_nbytes(entry.ours().init(params))
+    eight = adamx.lowbit.state_nbytes(entry.ours(state_bits=8).init(params))
+    assert eight <= 0.4 * full, (eight, full)
+    _, ref_loss = quadratic_run(entry.ours(), steps=100)
+    _, our_loss = quadratic_run(entry.ours(state_bits=8), steps=100)
+    assert ref_loss[-1] < 0.5 * ref_loss[0]  # it trains, so the loss says something
+    assert abs(our_loss[-1] / ref_loss[-1] - 1) < 0.05, (our_loss[-1], ref_loss[-1])
+
+
 # ---------------------------------- jit, donation, scan, checkpoint, sharding
 
 
