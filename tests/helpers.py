@@ -6,6 +6,10 @@ import numpy as np
 
 import adamx
 
+#: The modules that hold optimizers (factories taking the learning rate first,
+#: and their ``scale_by_*``): the reference and signature checks cover each.
+OPTIMIZER_MODULES = ("optimizers", "frontier", "muon", "soap")
+
 
 def make_params(dtype=jnp.float32, seed=0):
     """A small tree: a matrix, a vector and a nested rank-3 leaf."""
