@@ -6,6 +6,13 @@ Optax transformations mix freely.
 """
 
 from adamx import checkpoint
+from adamx.adam_mini import (
+    ScaleByAdamMiniState,
+    adam_mini,
+    adam_mini_decay_mask,
+    adam_mini_partition,
+    scale_by_adam_mini,
+)
 from adamx.adaptive import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -22,6 +29,16 @@ from adamx.adaptive import (
     scale_by_rms,
     scale_by_stddev,
 )
+from adamx.ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdemamixState,
+    ademamix,
+    ademamix_alpha_schedule,
+    ademamix_beta_schedule,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+    simplified_ademamix,
+)
 from adamx.base import (
     ArrayTree,
     EmptyState,
@@ -37,6 +54,7 @@ from adamx.base import (
     set_to_zero,
     tree_zeros_like,
 )
+from adamx.cautious import cautious
 from adamx.combine import (
     MaskedNode,
     MaskedState,
@@ -47,7 +65,18 @@ from adamx.combine import (
     partition,
 )
 from adamx.flat import FlatParams, ravel
-from adamx.frontier import adopt, scale_by_adopt
+from adamx.frontier import (
+    LearningRateAverageState,
+    ScaleByMarsState,
+    adopt,
+    laprop,
+    mars,
+    scale_by_adopt,
+    scale_by_laprop,
+    scale_by_mars,
+    scale_by_stable_adam,
+    stable_adamw,
+)
 from adamx.inplace import step
 from adamx.lowbit import QuantizedArray, state_nbytes
 from adamx.moments import bias_correction
@@ -83,6 +112,14 @@ from adamx.precision import (
     kahan_summation,
     stochastic_rounding,
 )
+from adamx.prodigy import ProdigyState, prodigy, scale_by_prodigy
+from adamx.schedule_free import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
 from adamx.schedules import (
     constant_schedule,
     cosine_decay_schedule,
@@ -100,6 +137,14 @@ from adamx.schedules import (
 )
 from adamx.sharding import bytes_per_device, sharded, state_shardings, zero_spec
 from adamx.soap import ScaleBySoapState, scale_by_soap, soap
+from adamx.sophia import (
+    HutchinsonState,
+    SophiaState,
+    gauss_newton_bartlett_estimator_diag_hessian,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+    sophia,
+)
 from adamx.traits import Stage, Traits, traits_of
 from adamx.transforms import (
     AddDecayedWeightsState,
@@ -150,8 +195,10 @@ __all__ = [
     "FactoredState",
     "FlatParams",
     "GradientTransformation",
+    "HutchinsonState",
     "InjectHyperparamsState",
     "KahanSummationState",
+    "LearningRateAverageState",
     "MaskedNode",
     "MaskedState",
     "MonitorState",
@@ -162,19 +209,26 @@ __all__ = [
     "OptState",
     "Params",
     "PartitionState",
+    "ProdigyState",
     "QuantizedArray",
     "ScalarOrSchedule",
+    "ScaleByAdamMiniState",
     "ScaleByAdamState",
+    "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
+    "ScaleByMarsState",
     "ScaleByMuonState",
     "ScaleByRmsState",
     "ScaleByScheduleState",
+    "ScaleBySimplifiedAdemamixState",
     "ScaleBySoapState",
     "ScaleByStddevState",
     "Schedule",
+    "ScheduleFreeState",
+    "SophiaState",
     "Stage",
     "StochasticRoundingState",
     "TraceState",
@@ -183,16 +237,23 @@ __all__ = [
     "adabelief",
     "adafactor",
     "adam",
+    "adam_mini",
+    "adam_mini_decay_mask",
+    "adam_mini_partition",
     "adamax",
     "adamaxw",
     "adamw",
     "add_decayed_weights",
+    "ademamix",
+    "ademamix_alpha_schedule",
+    "ademamix_beta_schedule",
     "adopt",
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
     "bias_correction",
     "bytes_per_device",
+    "cautious",
     "chain",
     "checkpoint",
     "clip",
@@ -204,18 +265,22 @@ __all__ = [
     "dynamic_loss_scaling",
     "ema",
     "exponential_decay",
+    "gauss_newton_bartlett_estimator_diag_hessian",
     "get_learning_rate",
     "global_norm",
+    "hutchinson_estimator_diag_hessian",
     "identity",
     "init_empty_state",
     "inject_hyperparams",
     "join_schedules",
     "kahan_summation",
     "lamb",
+    "laprop",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
     "loss_scale",
+    "mars",
     "masked",
     "monitor",
     "muon",
@@ -228,33 +293,49 @@ __all__ = [
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
+    "prodigy",
     "radam",
     "ravel",
     "rmsprop",
     "scale",
     "scale_by_adam",
+    "scale_by_adam_mini",
     "scale_by_adamax",
+    "scale_by_ademamix",
     "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_factored_rms",
+    "scale_by_laprop",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_mars",
     "scale_by_muon",
     "scale_by_param_block_rms",
+    "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_schedule",
     "scale_by_shape",
+    "scale_by_simplified_ademamix",
     "scale_by_soap",
+    "scale_by_sophia",
+    "scale_by_stable_adam",
     "scale_by_stddev",
     "scale_by_trust_ratio",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
     "set_hyperparams",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
     "sharded",
+    "simplified_ademamix",
     "soap",
+    "sophia",
+    "stable_adamw",
     "state_nbytes",
     "state_shardings",
     "step",

@@ -34,7 +34,6 @@ from adamx.adaptive import MU, NU
 from adamx.base import (
     GradientTransformation,
     ScalarOrSchedule,
-    require_params,
     safe_increment,
     wider_dtype,
 )
@@ -42,7 +41,7 @@ from adamx.combine import chain, masked
 from adamx.moments import Hyper, as_float
 from adamx.storage import Storage, check_moment_tree, load, store
 from adamx.traits import Stage, Traits
-from adamx.transforms import learning_rate_stage
+from adamx.transforms import decay_stepped_params, learning_rate_stage
 
 __all__ = ["ScaleBySoapState", "scale_by_soap", "soap"]
 
@@ -346,39 +345,6 @@ def scale_by_soap(
     return GradientTransformation(init_fn, update_fn, Traits(False, (stage,)))
 
 
-class DecayStepState(NamedTuple):
-    """State of the weight decay :func:`soap` applies to the stepped params."""
-
-    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps so far
-
-
-def _decay_stepped_params(
-    learning_rate: ScalarOrSchedule, weight_decay: jax.typing.ArrayLike
-) -> GradientTransformation:
-    r""":math:`u \leftarrow u - \alpha_t \lambda (\theta + u)`: decoupled weight
-    decay of the params after the step, from the second step on."""
-
-    def init_fn(params):
-        del params
-        return DecayStepState(jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        require_params("soap's weight decay", params)
-        count = safe_increment(state.count)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-
-        def leaf(u, p):
-            ct = wider_dtype(u.dtype, p.dtype)
-            rate = (jnp.asarray(lr) * jnp.asarray(weight_decay)).astype(ct)
-            stepped = p.astype(ct) + u.astype(ct)
-            decayed = u.astype(ct) - rate * stepped
-            return jnp.where(count > 1, decayed, u.astype(ct)).astype(u.dtype)
-
-        return jax.tree.map(leaf, updates, params), DecayStepState(count)
-
-    return GradientTransformation(init_fn, update_fn, Traits(True))
-
-
 def soap(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.95,
@@ -448,7 +414,7 @@ def soap(
     """
     checks.check_scalar_or_schedule("learning_rate", learning_rate)
     checks.check_nonnegative("weight_decay", weight_decay)
-    decay = _decay_stepped_params(learning_rate, weight_decay)
+    decay = decay_stepped_params(learning_rate, weight_decay, skip_first=True)
     return chain(
         scale_by_soap(
             b1,

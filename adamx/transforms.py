@@ -751,6 +751,73 @@ def add_decayed_weights(
     return tx if mask is None else masked(tx, mask)
 
 
+class DecayStepState(NamedTuple):
+    """State of :func:`decay_stepped_params`."""
+
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps so far
+
+
+def decay_stepped_params(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: jax.typing.ArrayLike,
+    *,
+    skip_first: bool = False,
+) -> GradientTransformation:
+    r"""Decoupled weight decay of the params after the step, as a last stage.
+
+    .. math:: u \leftarrow u - \alpha_t \lambda\, (\theta + u)
+
+    so that :math:`\theta + u` becomes :math:`(\theta + u)(1 - \alpha_t
+    \lambda)`: PyTorch optimizers that decay ``p`` after adding the step (SOAP's
+    and LaProp's reference code) in the form of an update.
+
+    Args:
+        learning_rate: :math:`\alpha_t`, a number or a schedule of the count.
+        weight_decay: :math:`\lambda`.
+        skip_first: leave the first step's update alone (SOAP's first step only
+            measures, and decays nothing).
+
+    Returns:
+        A :class:`~adamx.GradientTransformation` that needs the params.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.transforms import decay_stepped_params
+        >>> tx = decay_stepped_params(0.5, 0.1)
+        >>> u, _ = tx.update(jnp.array([-1.0]), tx.init(None), jnp.array([3.0]))
+        >>> print(u)  # (3 - 1) * (1 - 0.05) - 3
+        [-1.1]
+
+    References:
+        Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization",
+        https://arxiv.org/abs/1711.05101
+    """
+    checks.check_scalar_or_schedule("learning_rate", learning_rate)
+
+    def init_fn(params: Any) -> DecayStepState:
+        del params
+        return DecayStepState(jnp.zeros([], jnp.int32))
+
+    def update_fn(
+        updates: Any, state: DecayStepState, params: Any = None
+    ) -> tuple[Any, DecayStepState]:
+        require_params("the weight decay of the stepped params", params)
+        count = safe_increment(state.count)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def leaf(u: jax.Array, p: jax.Array) -> jax.Array:
+            ct = wider_dtype(u.dtype, p.dtype)
+            rate = (jnp.asarray(lr) * jnp.asarray(weight_decay)).astype(ct)
+            decayed = u.astype(ct) - rate * (p.astype(ct) + u.astype(ct))
+            if skip_first:
+                decayed = jnp.where(count > 1, decayed, u.astype(ct))
+            return decayed.astype(u.dtype)
+
+        return jax.tree.map(leaf, updates, params), DecayStepState(count)
+
+    return GradientTransformation(init_fn, update_fn, Traits(True))
+
+
 # -------------------------------------------------------------- clipping
 
 

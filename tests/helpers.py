@@ -8,7 +8,17 @@ import adamx
 
 #: The modules that hold optimizers (factories taking the learning rate first,
 #: and their ``scale_by_*``): the reference and signature checks cover each.
-OPTIMIZER_MODULES = ("optimizers", "frontier", "muon", "soap")
+OPTIMIZER_MODULES = (
+    "optimizers",
+    "frontier",
+    "muon",
+    "soap",
+    "ademamix",
+    "adam_mini",
+    "prodigy",
+    "sophia",
+    "schedule_free",
+)
 
 
 def make_params(dtype=jnp.float32, seed=0):

@@ -290,3 +290,45 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(fmnist, tmp_pat
     args = train.parse_args([*argv, "--resume"])
     state = final_state(args)
     assert state["epoch"] == int(last.split("epoch_")[1].split(",")[0])
+
+
+def test_schedule_free_trains_evaluates_at_x_and_resumes(fmnist, tmp_path):
+    extra = "--epochs 1 --optimizer schedule_free_adamw"
+    args = args_for(fmnist, tmp_path / "run", extra)
+    history = train.train(args)
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    state = final_state(args)
+    params, opt_state = state["params"], state["opt_state"]
+    # Two steps went through the optimizer, and x is not y.
+    assert int(opt_state.count) == 2
+    x = adamx.schedule_free_eval_params(opt_state, params)
+    assert not np.allclose(jax.tree.leaves(x)[0], jax.tree.leaves(params)[0])
+
+    # The test loss, computed here at x and at y, one batch of the whole set.
+    ds = data.load(args.dataset, args.data_dir)
+    net = model.CNN(ds.image_shape, ds.num_classes, args.widths, args.hidden,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+    graphdef, _, _ = model.split(net)
+
+    def test_loss(at):
+        batch = next(iter(data.test_batches(ds, len(ds.test_labels))))
+        logits, _ = model.apply(
+            graphdef, at, state["batch_stats"], batch["image"], train=False
+        )
+        labels = batch["label"]
+        return float(train.cross_entropy(logits, labels).sum()) / len(ds.test_labels)
+
+    at_x, at_y = test_loss(x), test_loss(params)
+    assert at_x == pytest.approx(history[0]["test_loss"], rel=1e-5)
+    assert abs(at_x - at_y) > 1e-4 * abs(at_y)
+
+    # A second epoch resumed from the checkpoint is the run without a stop.
+    resumed = train.train(
+        args_for(fmnist, tmp_path / "run", f"{extra.replace('1', '2')} --resume")
+    )
+    straight = train.train(
+        args_for(fmnist, tmp_path / "straight", extra.replace("1", "2"))
+    )
+    for a, b in zip(resumed, straight, strict=True):
+        for key in ("train_loss", "test_loss", "test_accuracy"):
+            assert a[key] == b[key], key

@@ -8,6 +8,7 @@ that can only come at ``init`` or ``update`` time, checkpoint paths and
 targets, and a check that traced hyperparameters are let through.
 """
 
+import inspect
 import re
 
 import jax
@@ -46,6 +47,10 @@ def _bad_beta_cases():
         "lion": lambda **kw: adamx.lion(1e-3, **kw),
         "adopt": lambda **kw: adamx.adopt(1e-3, **kw),
         "scale_by_adam": adamx.scale_by_adam,
+        "laprop": lambda **kw: adamx.laprop(1e-3, **kw),
+        "mars": lambda **kw: adamx.mars(1e-3, **kw),
+        "stable_adamw": lambda **kw: adamx.stable_adamw(1e-3, **kw),
+        "scale_by_stable_adam": adamx.scale_by_stable_adam,
     }
     return [
         case(
@@ -60,8 +65,319 @@ def _bad_beta_cases():
     ]
 
 
+def _adam_mini_cases():
+    makers = {
+        "adam_mini": adamx.adam_mini,
+        "scale_by_adam_mini": adamx.scale_by_adam_mini,
+    }
+    bad = {"b1": [1.0, -0.1], "b2": [1.0, 1.5], "eps": [-1e-8, NAN]}
+    cases = [
+        case(
+            lambda make=make, arg=arg, value=value: make(**{arg: value}),
+            ValueError,
+            names(arg, value),
+            f"{name}-{arg}={value}",
+        )
+        for name, make in makers.items()
+        for arg, values in bad.items()
+        for value in values
+    ]
+    return [
+        *cases,
+        *[
+            case(
+                lambda value=value: adamx.adam_mini(weight_decay=value),
+                ValueError,
+                names("weight_decay", value),
+                f"adam_mini-weight_decay={value}",
+            )
+            for value in [-0.1, NAN]
+        ],
+        case(
+            lambda: adamx.adam_mini(partition=(1, 2)),
+            TypeError,
+            r"partition must be a callable.*got \(1, 2\)",
+            "adam_mini-partition-not-callable",
+        ),
+        case(
+            lambda: adamx.adam_mini_partition(n_heads=0),
+            ValueError,
+            names("n_heads", 0),
+            "adam_mini_partition-n_heads=0",
+        ),
+        case(
+            lambda: adamx.adam_mini_partition(layout="tf"),
+            ValueError,
+            names("layout", "tf"),
+            "adam_mini_partition-layout=tf",
+        ),
+        # A partition that does not divide a leaf: refused at init, naming it.
+        case(
+            lambda: adamx.adam_mini(partition=lambda name, shape: (2, 2)).init(
+                {"h": {"w": jnp.ones((3, 4))}}
+            ),
+            ValueError,
+            r"\(2, 2\) blocks for params\['h'\]\['w'\] \('h.w'\) of shape \(3, 4\)",
+            "adam_mini-partition-not-dividing",
+        ),
+    ]
+
+
+def _cautious_cases():
+    return [
+        case(
+            lambda: adamx.cautious(adamx.adamw),
+            TypeError,
+            r"tx must be a GradientTransformation.*got <function adamw",
+            "cautious-non-transformation",
+        ),
+        case(
+            lambda: adamx.cautious(adamx.sgd(0.1), normalization="sum"),
+            ValueError,
+            names("normalization", "sum"),
+            "cautious-normalization=sum",
+        ),
+    ]
+
+
+def _ademamix_cases():
+    makers = {
+        "ademamix": lambda **kw: adamx.ademamix(1e-3, **kw),
+        "scale_by_ademamix": adamx.scale_by_ademamix,
+        "simplified_ademamix": lambda **kw: adamx.simplified_ademamix(1e-3, **kw),
+    }
+    bad = {
+        "b1": [1.0, -0.1],
+        "b2": [1.0, 1.5],
+        "b3": [1.0, -0.5],
+        "alpha": [-1.0, NAN],
+        "eps": [-1e-8],
+        "eps_root": [-1.0],
+    }
+    cases = [
+        case(
+            lambda make=make, arg=arg, value=value: make(**{arg: value}),
+            ValueError,
+            names(arg, value) if value == value else rf"\b{arg}\b.*NaN",
+            f"{name}-{arg}={value}",
+        )
+        for name, make in makers.items()
+        for arg, values in bad.items()
+        if not (name == "simplified_ademamix" and arg == "b3")
+        for value in values
+    ]
+    alpha_schedule = adamx.ademamix_alpha_schedule
+    beta_schedule = adamx.ademamix_beta_schedule
+    schedules = [
+        (lambda: alpha_schedule(5.0, -1), ValueError, "warmup_steps"),
+        (lambda: alpha_schedule(5.0, 2.5), TypeError, "warmup_steps"),
+        (lambda: alpha_schedule(-5.0, 10), ValueError, "alpha"),
+        (lambda: beta_schedule(0.999, -3, 0.9), ValueError, "warmup_steps"),
+        (lambda: beta_schedule(0.999, None, 0.9), TypeError, "warmup_steps"),
+        (lambda: beta_schedule(1.0, 10, 0.9), ValueError, "beta"),
+        (lambda: beta_schedule(0.999, 10, 1.2), ValueError, "beta_start"),
+    ]
+    for i, (make, exc, arg) in enumerate(schedules):
+        cases.append(case(make, exc, rf"\b{arg}\b.*got", f"ademamix-schedule-{i}"))
+    cases.append(
+        case(
+            lambda: adamx.ademamix_beta_schedule(0.99, 10, 0.999),
+            ValueError,
+            r"beta_start must be at most beta=0.99.*got 0.999",
+            "ademamix-schedule-falling",
+        )
+    )
+    cases.append(
+        case(
+            lambda: adamx.ademamix(1e-3, mu_dtype=jnp.float32, state_bits=8),
+            ValueError,
+            r"state_bits=8 .* mu_dtype",
+            "ademamix-state_bits-and-mu_dtype",
+        )
+    )
+    return cases
+
+
+def _frontier_cases():
+    """LaProp, MARS and StableAdamW: the arguments beyond the betas."""
+    makers = {
+        "laprop": lambda **kw: adamx.laprop(1e-3, **kw),
+        "mars": lambda **kw: adamx.mars(1e-3, **kw),
+        "scale_by_mars": adamx.scale_by_mars,
+        "stable_adamw": lambda **kw: adamx.stable_adamw(1e-3, **kw),
+    }
+    bad = {"eps": [-1e-8], "weight_decay": [-0.1], "gamma": [-0.5, NAN]}
+    cases = [
+        case(
+            lambda make=make, arg=arg, value=value: make(**{arg: value}),
+            ValueError,
+            names(arg, value) if value == value else rf"\b{arg}\b.*NaN",
+            f"{name}-{arg}={value}",
+        )
+        for name, make in makers.items()
+        for arg, values in bad.items()
+        if arg != "gamma" or "mars" in name
+        if arg != "weight_decay" or name != "scale_by_mars"
+        for value in values
+    ]
+    cases += [
+        case(
+            lambda: adamx.mars(1e-3, optimize_1d=1),
+            TypeError,
+            names("optimize_1d", 1),
+            "mars-optimize_1d=1",
+        ),
+        case(
+            lambda: adamx.laprop("fast"),
+            TypeError,
+            r"\blearning_rate\b.*'fast'",
+            "laprop-learning_rate",
+        ),
+    ]
+    return cases
+
+
+def _schedule_free_cases():
+    makers = {
+        "schedule_free_adamw": adamx.schedule_free_adamw,
+        "schedule_free_sgd": adamx.schedule_free_sgd,
+        "schedule_free": lambda **kw: adamx.schedule_free(adamx.sgd(0.1), 0.1, **kw),
+    }
+    bad = {
+        "b1": [0.0, 1.0, -0.1],
+        "weight_lr_power": [-1.0],
+        "learning_rate": [-0.1],
+        "warmup_steps": [-1],
+        "weight_decay": [-0.1],
+        "b2": [1.0],
+        "eps": [-1e-8],
+        "state_dtype": [jnp.int32],
+        "state_bits": [12],
+    }
+    cases = []
+    for name, make in makers.items():
+        takes = inspect.signature(make).parameters
+        for arg, values in bad.items():
+            if arg not in takes and name != "schedule_free":
+                continue
+            if name == "schedule_free" and arg not in ("b1", "weight_lr_power"):
+                continue
+            for value in values:
+                exc = TypeError if arg == "state_dtype" else ValueError
+                cases.append(
+                    case(
+                        lambda make=make, arg=arg, value=value: make(**{arg: value}),
+                        exc,
+                        names(arg, value) if arg != "state_dtype" else arg,
+                        f"{name}-{arg}={value}",
+                    )
+                )
+    cases.append(
+        case(
+            lambda: adamx.schedule_free_adamw(warmup_steps=2.5),
+            TypeError,
+            names("warmup_steps", 2.5),
+            "schedule_free_adamw-warmup_steps=2.5",
+        )
+    )
+    cases.append(
+        case(
+            lambda: adamx.schedule_free(object(), 0.1),
+            TypeError,
+            r"base_optimizer must be a GradientTransformation",
+            "schedule_free-base_optimizer",
+        )
+    )
+    return cases
+
+
+def _prodigy_sophia_cases():
+    prodigy = {
+        "betas": (0.9,),
+        "beta3": 1.0,
+        "eps": 0.0,
+        "estim_lr0": 0.0,
+        "estim_lr_coef": -1.0,
+        "weight_decay": -0.1,
+        "growth_rate": 0.5,
+        "slice_p": 0,
+        "learning_rate": -1.0,
+        "decouple": 1,
+    }
+    sophia = {
+        "b1": 1.0,
+        "b2": -0.1,
+        "eps": 0.0,
+        "gamma": 0.0,
+        "clip_threshold": -1.0,
+        "update_interval": 0,
+        "weight_decay": -1e-4,
+        "hessian_diagonal_fn": 3,
+        "use_bias_correction": "yes",
+    }
+    exc = {"betas": TypeError, "decouple": TypeError}
+    exc_s = {"hessian_diagonal_fn": TypeError, "use_bias_correction": TypeError}
+    cases = [
+        case(
+            lambda arg=arg, value=value: adamx.prodigy(**{arg: value}),
+            exc.get(arg, ValueError),
+            names(arg, value),
+            f"prodigy-{arg}={value}",
+        )
+        for arg, value in prodigy.items()
+    ]
+    cases += [
+        case(
+            lambda arg=arg, value=value: adamx.sophia(1e-3, **{arg: value}),
+            exc_s.get(arg, ValueError),
+            names(arg, value),
+            f"sophia-{arg}={value}",
+        )
+        for arg, value in sophia.items()
+    ]
+    return [
+        *cases,
+        case(
+            lambda: adamx.prodigy(betas=(1.0, 0.999)),
+            ValueError,
+            r"betas\[0\] must be in \[0.0, 1.0\), got 1.0",
+            "prodigy-betas[0]=1.0",
+        ),
+        case(
+            lambda: adamx.scale_by_prodigy(betas=(0.9, -0.5)),
+            ValueError,
+            r"betas\[1\] must be in \[0.0, 1.0\), got -0.5",
+            "scale_by_prodigy-betas[1]=-0.5",
+        ),
+        case(
+            lambda: adamx.scale_by_sophia(verbose=True),
+            ValueError,
+            names("print_win_rate_every_n_steps", 0),
+            "sophia-verbose-every-0",
+        ),
+        case(
+            lambda: adamx.sophia(1e-3, mu_dtype=jnp.bfloat16, state_bits=8),
+            ValueError,
+            r"state_bits=8 sets how the moments are stored.*mu_dtype",
+            "sophia-mu_dtype-and-state_bits",
+        ),
+        case(
+            lambda: adamx.gauss_newton_bartlett_estimator_diag_hessian(0),
+            ValueError,
+            names("batch_size", 0),
+            "gnb-batch_size=0",
+        ),
+    ]
+
+
 CONSTRUCTION = [
     *_bad_beta_cases(),
+    *_schedule_free_cases(),
+    *_frontier_cases(),
+    *_ademamix_cases(),
+    *_adam_mini_cases(),
+    *_cautious_cases(),
+    *_prodigy_sophia_cases(),
     # Storage the formula cannot take.
     case(
         lambda: adamx.adopt(1e-3, use_clipping=False, state_bits=8),

@@ -170,7 +170,9 @@ def test_none_leaves_pass_through(name):
     ours, s = ax_tx.update(grads, ax_tx.init(params), params)
     theirs, _ = ox_tx.update(grads, ox_tx.init(params), params)
     assert ours["frozen"] is None
-    np.testing.assert_allclose(ours["a"], theirs["a"], rtol=2e-5)
+    # atol: an optimizer that forms its update as new params minus params
+    # (Optax's schedule-free) rounds it to the params' spacing.
+    np.testing.assert_allclose(ours["a"], theirs["a"], rtol=2e-5, atol=2e-6)
     new = adamx.apply_updates(params, ours)
     assert new["frozen"] is None
     ours2, _ = ax_tx.update(grads, s, new)
@@ -208,7 +210,10 @@ def test_argument_names_order_and_defaults_follow_optax():
             assert pname in ours, f"{name} lacks {pname}"
             assert ours[pname].kind == p.kind, f"{name}.{pname} kind differs"
             default = ours[pname].default
-            if callable(p.default) and p.default is not p.empty:
+            if hasattr(p.default, "init") and hasattr(p.default, "update"):
+                # A transformation (Sophia's Hessian estimator): adamx's own.
+                assert hasattr(default, "init") and hasattr(default, "update")
+            elif callable(p.default) and p.default is not p.empty:
                 # Functions (ADOPT's clipping bound) are compared by value.
                 for t in (0, 1, 16):
                     assert float(default(t)) == float(p.default(t)), f"{name}.{pname}"

@@ -221,6 +221,70 @@ def adopt_ref(
     return p - lr * (b1 * m + (1 - b1) * normed if nesterov else m)
 
 
+def laprop_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-15, weight_decay=0.0, mask=None
+):
+    """Ziyin et al. (2020), as the authors' code (Z-T-WANG/LaProp-Optimizer)
+    runs it: the momentum weighs each normalized gradient by its learning rate
+    and is debiased by the same average of the rates. The decay of the stepped
+    params is scaled by the rate, as pytorch-optimizer's port has it."""
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+    lr_avg = s["lr_avg"] = b1 * s.get("lr_avg", 0.0) + (1 - b1) * lr
+    denom = np.sqrt(v / (1 - b2**t)) + eps
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * lr * (g / denom)
+    p = p - (lr / lr_avg) * m
+    return p * (1 - lr * weight_decay)
+
+
+def mars_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    b1=0.95,
+    b2=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+    gamma=0.025,
+    optimize_1d=False,
+    adam_b1=0.9,
+    adam_b2=0.95,
+    adam_weight_decay=0.1,
+):
+    """Yuan et al. (2024), MARS-AdamW as the authors' code (AGI-Arena/MARS,
+    is_approx=True) runs it: matrices take the variance-reduced gradient,
+    clipped to norm 1, into Adam; other leaves take AdamW with their own betas.
+    """
+    m, v = s.get("m", 0.0), s.get("v", 0.0)
+    if optimize_1d or p.ndim == 2:
+        c = (g - s.get("last", 0.0)) * (gamma * (b1 / (1 - b1))) + g
+        norm = np.linalg.norm(c)
+        if norm > 1:
+            c = c / norm
+        s["last"] = g
+        wd = weight_decay
+    else:
+        c, b1, b2, wd = g, adam_b1, adam_b2, adam_weight_decay
+    m = s["m"] = b1 * m + (1 - b1) * c
+    v = s["v"] = b2 * v + (1 - b2) * c * c
+    denom = (np.sqrt(v) / np.sqrt(1 - b2**t) + eps) * (1 - b1**t)
+    return p - lr * (wd * p + m / denom)
+
+
+def stable_adamw_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.99, eps=1e-6, weight_decay=1e-2, mask=None
+):
+    """Wortsman et al. (2023), as torch-optimi's StableAdamW: Adam's debiased
+    moments, the rate divided by the leaf's RMS of g / sqrt(v) where above 1."""
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+    rms = np.sqrt(np.mean(g * g / np.maximum(v_hat, eps**2)))
+    rate = lr / max(1.0, rms)
+    return p - rate * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * p)
+
+
 def lion_ref(p, g, s, t, lr, b1=0.9, b2=0.99, weight_decay=1e-3):
     """Chen et al. (2023), Algorithm 2; the decay is multiplied by the learning rate."""
     m = s.get("m", 0.0)
@@ -334,6 +398,9 @@ REFERENCES = {
     "lamb": lamb_ref,
     "lion": lion_ref,
     "adopt": adopt_ref,
+    "laprop": laprop_ref,
+    "mars": mars_ref,
+    "stable_adamw": stable_adamw_ref,
     "sgd": sgd_ref,
     "rmsprop": rmsprop_ref,
     "adafactor": adafactor_ref,
@@ -375,6 +442,13 @@ CASES = [
     ("adopt", {}),
     ("adopt", {"b1": 0.8, "b2": 0.99, "eps": 1e-3}),
     ("adopt", {"use_clipping": False, "nesterov": True}),
+    ("laprop", {}),
+    ("laprop", {"b1": 0.95, "b2": 0.9, "eps": 1e-8, "weight_decay": 0.1}),
+    ("mars", {}),
+    ("mars", {"b1": 0.9, "gamma": 0.1, "weight_decay": 0.1, "adam_b2": 0.99}),
+    ("mars", {"optimize_1d": True, "weight_decay": 0.05}),
+    ("stable_adamw", {}),
+    ("stable_adamw", {"b1": 0.8, "b2": 0.95, "eps": 1e-3, "weight_decay": 0.0}),
     ("lion", {}),
     ("lion", {"b1": 0.95, "b2": 0.98, "weight_decay": 0.1}),
     ("lion", {"weight_decay": 0.0}),
@@ -523,7 +597,16 @@ def test_numpy_gradient_matches_jax_grad(x64):
 
 # Optimizers compared with their authors' own package in a test file of their
 # own instead (the name, and where).
-ORACLE_TESTS: dict[str, str] = {}
+ORACLE_TESTS: dict[str, str] = {
+    "ademamix": "test_ademamix.py",
+    "simplified_ademamix": "test_ademamix.py",
+    "adam_mini": "test_adam_mini.py",
+    "prodigy": "test_prodigy.py",
+    "scale_by_prodigy": "test_prodigy.py",
+    "sophia": "test_sophia.py",
+    "schedule_free_adamw": "test_schedule_free.py",
+    "schedule_free_sgd": "test_schedule_free.py",
+}
 
 
 def _optimizer_names():
@@ -575,6 +658,9 @@ SCHEDULE_CASES = [
     ("adopt", {}),
     ("adopt", {"b1": 0.8, "b2": 0.99, "eps": 1e-3}),
     ("adopt", {"use_clipping": False, "nesterov": True}),
+    ("laprop", {"weight_decay": 0.1}),
+    ("mars", {"weight_decay": 0.1}),
+    ("stable_adamw", {}),
     ("lion", {}),
     ("sgd", {"momentum": 0.9}),
     ("rmsprop", {"momentum": 0.9}),

@@ -40,7 +40,9 @@ else:  # run as a script: the modules sit beside this file
     import model
 
 OPTIMIZERS = ("adamw", "adam", "nadam", "nadamw", "radam", "amsgrad", "adabelief")
-OPTIMIZERS += ("lamb", "lion", "sgd")
+OPTIMIZERS += ("lamb", "lion", "sgd", "schedule_free_adamw")
+# Trained at y, evaluated at x (adamx.schedule_free_eval_params); no schedule.
+SCHEDULE_FREE = ("schedule_free_adamw",)
 DECOUPLED_DECAY = ("adamw", "nadamw", "lamb", "lion")
 SCHEDULES = ("warmup_cosine", "onecycle", "cosine", "constant")
 CHECKPOINTS_KEPT = 2
@@ -155,19 +157,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--learning-rate",
         type=_number(float, 0.0, low_open=True),
         default=6e-3,
-        help="the schedule's peak rate",
+        help="the schedule's peak rate (schedule_free_adamw: the rate after "
+        "its warm-up)",
     )
     p.add_argument(
         "--schedule",
         choices=SCHEDULES,
         default="warmup_cosine",
-        help="the learning-rate schedule",
+        help="the learning-rate schedule (schedule_free_adamw has none: a "
+        "linear warm-up over the first fifth of --schedule-epochs)",
     )
     p.add_argument(
         "--weight-decay",
         type=_number(float, 0.0),
         default=5e-2,
-        help="decoupled weight decay (adamw, nadamw, lamb, lion)",
+        help="decoupled weight decay (adamw, nadamw, lamb, lion, schedule_free_adamw)",
     )
     p.add_argument(
         "--label-smoothing",
@@ -232,6 +236,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_optimizer(args: argparse.Namespace, steps_per_epoch: int, lib: Any = adamx):
     """``lib``'s optimizer and schedule, and the schedule alone for logging."""
     total, peak = args.schedule_epochs * steps_per_epoch, args.learning_rate
+    if args.optimizer in SCHEDULE_FREE:
+        # No decay: a warm-up, then the average of the iterates does its work.
+        factory = getattr(lib, args.optimizer, None) or getattr(
+            lib.contrib, args.optimizer
+        )
+        warmup = max(total // 5, 1)
+        tx = factory(peak, warmup_steps=warmup, weight_decay=args.weight_decay)
+        return tx, lambda step: peak * min(1.0, float(step) / warmup)
     schedule = {
         "warmup_cosine": lambda: lib.warmup_cosine_decay_schedule(
             0.0, peak, total // 5, total
@@ -290,6 +302,13 @@ def make_steps(graphdef: nnx.GraphDef, tx: Any, label_smoothing: float):
         }
 
     return train_step, eval_step
+
+
+def eval_params(args: argparse.Namespace, opt_state: Any, params: Any) -> Any:
+    """The params to evaluate: a schedule-free optimizer's x, else the params."""
+    if args.optimizer in SCHEDULE_FREE:
+        return adamx.schedule_free_eval_params(opt_state, params)
+    return params
 
 
 def checkpoints(folder: Path) -> list[Path]:
@@ -422,7 +441,8 @@ def train(args: argparse.Namespace, *, lib: Any = adamx, devices=None) -> list[d
         logs = jax.device_get(logs)
         seconds = time.perf_counter() - start
         test = data.test_batches(ds, 4 * args.batch_size, **shard)
-        sums = [eval_step(params, batch_stats, to_global(b)) for b in test]
+        at = eval_params(args, opt_state, params)
+        sums = [eval_step(at, batch_stats, to_global(b)) for b in test]
         n_test = len(ds.test_labels)
         history.append(
             {
