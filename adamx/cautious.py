@@ -39,6 +39,36 @@ def _caution(u: jax.Array, g: jax.Array, normalization: str) -> jax.Array:
     return (u32 * (mask * scale)).astype(u.dtype)
 
 
+#: Stages whose step does not read the params: before a decoupled weight
+#: decay, their update at zero params is the update without the decay.
+PARAM_FREE = frozenset(
+    {
+        "scale_by_adam",
+        "scale_by_adamax",
+        "scale_by_ademamix",
+        "scale_by_adopt",
+        "scale_by_amsgrad",
+        "scale_by_belief",
+        "scale_by_lion",
+        "scale_by_radam",
+        "scale_by_rms",
+        "scale_by_simplified_ademamix",
+        "trace",
+    }
+)
+
+
+def _decays_apart(tx: GradientTransformation) -> bool:
+    """Whether ``tx`` is a params-free step, decoupled weight decay and the
+    learning rate (``adamw``, ``lion``, ...)."""
+    names = [stage.name for stage in traits_of(tx).stages or ()]
+    return (
+        len(names) == 3
+        and names[0] in PARAM_FREE
+        and names[1:] == ["add_decayed_weights", "scale_by_learning_rate"]
+    )
+
+
 def cautious(
     tx: GradientTransformation, *, normalization: str = "mean"
 ) -> GradientTransformation:
@@ -66,11 +96,14 @@ def cautious(
     and ``pytorch_optimizer``'s. Both are per leaf, as the reference's are per
     tensor; the first is the default, as the authors found it the better.
 
-    The whole update of ``tx`` is masked, decoupled weight decay included, so
-    no parameter ever moves against its gradient. The authors' C-AdamW decays
-    outside the mask: ``cautious(adamw(...))`` is C-AdamW exactly without
-    weight decay, and with it masks the decay with the rest (it is then
-    computed from :math:`u_t` with the decay in it). The state is ``tx``'s.
+    Decoupled weight decay stays outside the mask, as in the authors' C-AdamW:
+    where ``tx`` is a step that does not read the params, then
+    :func:`~adamx.add_decayed_weights` and its learning rate (``adamw``,
+    ``nadamw``, ``adamaxw``, ``lion``, ``ademamix``),
+    :math:`u_t = u^{\text{step}}_t - \alpha_t \lambda \theta_{t-1}` and
+    only :math:`u^{\text{step}}_t` is masked, so ``cautious(adamw(...))`` is
+    C-AdamW. Of any other ``tx`` the whole update is masked. The state is
+    ``tx``'s.
 
     Args:
         tx: any transformation whose updates are added to the params (an
@@ -103,10 +136,25 @@ def cautious(
             f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
         )
 
+    apart = _decays_apart(tx)
+
     def update_fn(updates: Updates, state, params: Params | None = None, **extra_args):
-        new, state = call_update(tx, updates, state, params, extra_args)
-        masked = jax.tree.map(lambda u, g: _caution(u, g, normalization), new, updates)
-        return masked, state
+        new, new_state = call_update(tx, updates, state, params, extra_args)
+        if not apart or params is None:
+            masked = jax.tree.map(
+                lambda u, g: _caution(u, g, normalization), new, updates
+            )
+            return masked, new_state
+        # The same update at zero params has no decay in it: the difference
+        # is the decay alone (the moments, which do not read the params, are
+        # computed once: XLA merges the two identical computations).
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        bare, _ = call_update(tx, updates, state, zeros, extra_args)
+
+        def leaf(u: jax.Array, b: jax.Array, g: jax.Array) -> jax.Array:
+            return (_caution(b, g, normalization) + (u - b)).astype(u.dtype)
+
+        return jax.tree.map(leaf, new, bare, updates), new_state
 
     inner = traits_of(tx)
     return GradientTransformation(

@@ -12,6 +12,7 @@ from optimizer_table import OPTIMIZERS, ids
 from pytorch_optimizer import ADOPT
 
 import adamx
+from adamx.cautious import PARAM_FREE
 
 STEPS = 120
 
@@ -58,19 +59,20 @@ def numpy_grad(p, step):
 
 
 @pytest.mark.parametrize("normalization", ["mean", "paper"])
-@pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.8, 0.95)])
-def test_cautious_adamw_matches_c_adamw_in_float64(x64, normalization, b1, b2):
+@pytest.mark.parametrize(
+    "b1, b2, wd", [(0.9, 0.999, 0.0), (0.8, 0.95, 0.0), (0.9, 0.999, 0.1)]
+)
+def test_cautious_adamw_matches_c_adamw_in_float64(x64, normalization, b1, b2, wd):
     # eps = 0: the reference adds eps to sqrt(v) before its bias correction,
-    # adamw after; without eps the two formulas are the same. Without weight
-    # decay: the reference decays outside the mask, cautious masks the whole
-    # update (see its docstring).
+    # adamw after; without eps the two formulas are the same. The reference
+    # decays outside the mask, and so does cautious(adamw).
     lr = 2e-2
     params = flat_params()
     want = c_adamw_reference(
-        params, numpy_grad, STEPS, lr, b1, b2, 0.0, 0.0, normalization
+        params, numpy_grad, STEPS, lr, b1, b2, 0.0, wd, normalization
     )
     tx = adamx.cautious(
-        adamx.adamw(lr, b1=b1, b2=b2, eps=0.0, weight_decay=0.0),
+        adamx.adamw(lr, b1=b1, b2=b2, eps=0.0, weight_decay=wd),
         normalization=normalization,
     )
     state = tx.init(params)
@@ -157,10 +159,18 @@ def _shapes(tree):
 @pytest.mark.parametrize("name", ids(without=("wrapped", "variant")))
 def test_keeps_the_state_and_never_steps_up_the_gradient(name):
     """Each step, every update entry is 0 or of the sign opposite to the
-    gradient's: the whole update is masked, decoupled weight decay included,
-    so this holds for every optimizer."""
+    gradient's, once the decoupled weight decay is taken out where the
+    optimizer ends in one (adamw's -lr wd theta, from its declared rate and
+    decay): that part is not masked, as in C-AdamW."""
     inner = OPTIMIZERS[name].ours()
     tx = adamx.cautious(inner)
+    stages = adamx.traits_of(inner).stages or ()
+    names = [stage.name for stage in stages]
+    decays = len(names) == 3 and names[1:] == [
+        "add_decayed_weights",
+        "scale_by_learning_rate",
+    ]
+    decays = decays and names[0] in PARAM_FREE
     params = make_params()
     state = tx.init(params)
     assert jax.tree.structure(state) == jax.tree.structure(inner.init(params))
@@ -173,9 +183,24 @@ def test_keeps_the_state_and_never_steps_up_the_gradient(name):
         u, s = tx.update(g, s, p)
         return adamx.apply_updates(p, u), s, g, u
 
+    def value(v, t):
+        return float(v(t)) if callable(v) else float(v)
+
     moved = 0
     for t in range(12):
+        old = params
         params, state, g, u = step(params, state, batch(t))
+        if decays:
+            rate = value(stages[2].args["learning_rate"], t)
+            rate *= value(stages[1].args["weight_decay"], t)
+            # What is left of a masked entry is float32 rounding, ~1e-10.
+            u = jax.tree.map(
+                lambda ul, p, r=rate: jnp.where(
+                    jnp.abs(ul + r * p) < 1e-7, 0.0, ul + r * p
+                ),
+                u,
+                old,
+            )
         assert jax.tree.structure(state) == structure
         for gl, ul in zip(jax.tree.leaves(g), jax.tree.leaves(u), strict=True):
             gl, ul = np.asarray(gl), np.asarray(ul)
