@@ -102,8 +102,10 @@ def cautious(
     ``nadamw``, ``adamaxw``, ``lion``, ``ademamix``),
     :math:`u_t = u^{\text{step}}_t - \alpha_t \lambda \theta_{t-1}` and
     only :math:`u^{\text{step}}_t` is masked, so ``cautious(adamw(...))`` is
-    C-AdamW. Of any other ``tx`` the whole update is masked. The state is
-    ``tx``'s.
+    C-AdamW. Of any other ``tx`` the whole update is masked, decay included:
+    a chain whose stages are hidden (``adamw(..., mask=...)``, whose decay
+    sits inside :func:`~adamx.masked`, or an injected optimizer) is such a
+    one. The state is ``tx``'s.
 
     Args:
         tx: any transformation whose updates are added to the params (an

@@ -466,7 +466,7 @@ def _variance_reduced(
             g32 = g.astype(ct)
             c = (g32 - load(last, ct)) * (h.gamma * (h.b1 / (1 - h.b1))) + g32
             norm = jnp.sqrt(jnp.sum(abs_sq(c)))
-            c = jnp.where(norm > 1, c / jnp.maximum(norm, 1).astype(ct), c)
+            c = c / jnp.maximum(norm, 1).astype(ct)
             return c.astype(g.dtype), store(g32, last)
 
         corrected, last = leafwise(leaf, 2, updates, state.last_grad)

@@ -773,7 +773,7 @@ def decay_stepped_params(
 
     Args:
         learning_rate: :math:`\alpha_t`, a number or a schedule of the count.
-        weight_decay: :math:`\lambda`.
+        weight_decay: :math:`\lambda \ge 0`.
         skip_first: leave the first step's update alone (SOAP's first step only
             measures, and decays nothing).
 
@@ -793,6 +793,7 @@ def decay_stepped_params(
         https://arxiv.org/abs/1711.05101
     """
     checks.check_scalar_or_schedule("learning_rate", learning_rate)
+    checks.check_nonnegative("weight_decay", weight_decay)
 
     def init_fn(params: Any) -> DecayStepState:
         del params
