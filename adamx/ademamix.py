@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from adamx import checks
-from adamx.base import GradientTransformation, ScalarOrSchedule, Schedule
+from adamx.base import GradientTransformation, ScalarOrSchedule, Schedule, is_schedule
 from adamx.combine import chain
 from adamx.moments import Hyper, LeafStep, abs_sq, as_float, moment_transform
 from adamx.optimizers import MaskOrFn
@@ -44,10 +44,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ schedules
-
-
-def _is_schedule(value: Any) -> bool:
-    return callable(value) and not isinstance(value, jax.Array)
 
 
 def _check_warmup_steps(warmup_steps: Any) -> None:
@@ -173,22 +169,22 @@ def _value_at(
 ) -> jax.Array:
     """A hyperparameter's value at this step: a schedule's at the count of the
     steps before it (Optax's convention), else the number, in ``dtype``."""
-    if _is_schedule(value):
+    if is_schedule(value):
         return jnp.asarray(value(count - 1)).astype(dtype)
     return getattr(h, name)
 
 
 def _numbers(**values: Any) -> dict[str, Any]:
     """The values that are numbers (hyperparameters), not schedules."""
-    return {k: v for k, v in values.items() if not _is_schedule(v)}
+    return {k: v for k, v in values.items() if not is_schedule(v)}
 
 
 def _schedules(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if _is_schedule(v)}
+    return {k: v for k, v in values.items() if is_schedule(v)}
 
 
 def _check_decay_or_schedule(name: str, value: Any) -> None:
-    if not _is_schedule(value):
+    if not is_schedule(value):
         checks.check_decay(name, value)
 
 

@@ -366,6 +366,11 @@ def require_params(name: str, params: Params | None) -> None:
         raise ValueError(NO_PARAMS_MSG.format(name=name))
 
 
+def is_schedule(x: Any) -> bool:
+    """True when ``x`` is a schedule: a callable that is not an array."""
+    return callable(x) and not isinstance(x, jax.Array)
+
+
 def is_concrete(x: Any) -> bool:
     """True when ``x`` is a Python number, a NumPy value or a non-traced array."""
     if isinstance(x, jax.core.Tracer):

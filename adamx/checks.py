@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adamx.base import is_concrete
+from adamx.base import is_concrete, is_schedule
 
 
 def _as_float(name: str, value: Any) -> float | None:
@@ -81,7 +81,7 @@ def check_scalar_or_schedule(
     name: str, value: Any, *, nonnegative: bool = True
 ) -> None:
     """A number, or a callable ``step -> number`` (a schedule)."""
-    if callable(value) and not isinstance(value, jax.Array):
+    if is_schedule(value):
         return
     if isinstance(value, bool) or not (
         isinstance(value, jax.core.Tracer) or is_concrete(value)

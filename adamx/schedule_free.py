@@ -33,6 +33,7 @@ from adamx.base import (
     OptState,
     Params,
     ScalarOrSchedule,
+    is_schedule,
     leafwise,
     safe_increment,
 )
@@ -166,7 +167,7 @@ def schedule_free(
     checks.check_nonnegative("weight_lr_power", weight_lr_power)
     # z - y is not stored in fewer bits: see the module docstring.
     storage = Storage.parse(32, state_dtype=state_dtype)
-    is_schedule = callable(learning_rate) and not isinstance(learning_rate, jax.Array)
+    scheduled = is_schedule(learning_rate)
 
     def init_fn(params: Params) -> ScheduleFreeState:
         sd = _scalar_dtype()
@@ -190,7 +191,7 @@ def schedule_free(
         sd = _scalar_dtype()
         count = safe_increment(state.count)
         rate: Any = learning_rate
-        lr = jnp.asarray(rate(count) if is_schedule else rate).astype(sd)
+        lr = jnp.asarray(rate(count) if scheduled else rate).astype(sd)
         b1_ = jnp.asarray(b1).astype(sd)
         max_lr = jnp.maximum(state.max_lr, lr)
         weight = max_lr ** jnp.asarray(weight_lr_power).astype(sd)

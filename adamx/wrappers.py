@@ -24,6 +24,7 @@ from adamx import checks
 from adamx.base import (
     GradientTransformation,
     OptState,
+    is_schedule,
     safe_increment,
     tree_zeros_like,
 )
@@ -96,10 +97,6 @@ def _is_real_number(value: Any) -> bool:
     return isinstance(value, (int, float))
 
 
-def _is_schedule(value: Any) -> bool:
-    return callable(value) and not isinstance(value, jax.Array)
-
-
 def _role(hint: Any, value: Any) -> str:
     """``"schedule"``, ``"number"`` or ``"static"``: what an argument becomes.
 
@@ -112,7 +109,7 @@ def _role(hint: Any, value: Any) -> str:
     """
     if hint is not None and float not in _union_members(hint):
         return "static"
-    if _is_schedule(value):
+    if is_schedule(value):
         return "schedule"
     return "number" if _is_real_number(value) else "static"
 
