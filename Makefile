@@ -59,8 +59,12 @@ docs: setup $(MATHJAX)/tex-mml-chtml.js
 docs-serve: setup $(MATHJAX)/tex-mml-chtml.js
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
+# Then Optax's own test files, run against adamx in a process of their own
+# (tests/test_optax_conformance.py).
 test: lint typecheck docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+	ADAMX_OPTAX_WORKERS=$(PYTEST_WORKERS) $(BIN)/python -m pytest -m optax_suite \
+		tests/test_optax_conformance.py
 
 # The benchmark programs on tiny sizes and checks of what XLA compiles: CI runs
 # them as a step of their own.

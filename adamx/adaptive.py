@@ -15,6 +15,7 @@ Optax.
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -534,18 +535,27 @@ def scale_by_lion(
     b2: jax.typing.ArrayLike = 0.99,
     mu_dtype: Any | None = None,
     *,
+    mode: str = "hard",
+    smooth_beta: float = 1.0,
     state_bits: int | None = None,
 ) -> GradientTransformation:
     r"""Lion: the sign of an interpolated momentum.
 
     .. math::
-        u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1 - \beta_1) g_t), \qquad
+        u_t = \sigma(\beta_1 m_{t-1} + (1 - \beta_1) g_t), \qquad
         m_t = \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+    where :math:`\sigma` is the sign (``mode="hard"``, the paper's),
+    :math:`\tanh(\beta_s x)` (``"smooth"``) or :math:`x` clipped to
+    :math:`[-1, 1]` (``"refined"``), as Optax's ``mode`` chooses.
 
     Args:
         b1: :math:`\beta_1 \in [0, 1)`, interpolation for the update.
         b2: :math:`\beta_2 \in [0, 1)`, decay of the momentum.
         mu_dtype: dtype of :math:`m`; ``None`` uses the params' dtype.
+        mode: ``"hard"``, ``"smooth"`` or ``"refined"``: the function
+            :math:`\sigma` above.
+        smooth_beta: :math:`\beta_s > 0`, the slope of ``"smooth"``.
         state_bits: how :math:`m` is stored: 32 (as ``mu_dtype`` says), 16
             (bfloat16), 8 or 4 (block-wise quantized, see :mod:`adamx.lowbit`).
 
@@ -566,11 +576,21 @@ def scale_by_lion(
     """
     checks.check_decay("b1", b1)
     checks.check_decay("b2", b2)
+    if mode not in ("hard", "smooth", "refined"):
+        raise ValueError(f'mode must be "hard", "smooth" or "refined", got {mode!r}')
+    checks.check_range("smooth_beta", smooth_beta, 0.0, math.inf, low_open=True)
     storage = Storage.parse(state_bits, mu_dtype=mu_dtype)
+
+    def sigma(x: jax.Array) -> jax.Array:
+        if mode == "smooth":
+            return jnp.tanh(smooth_beta * x)
+        if mode == "refined":
+            return jnp.where(jnp.abs(x) < 1.0, x, jnp.sign(x))
+        return jnp.sign(x)
 
     def body(x: LeafStep, g: jax.Array, m: jax.Array) -> tuple:
         h = x.h
-        u = jnp.sign((1.0 - h.b1) * g + h.b1 * m)
+        u = sigma((1.0 - h.b1) * g + h.b1 * m)
         return u, (1 - h.b2) * g + h.b2 * m
 
     return moment_transform(
@@ -580,6 +600,7 @@ def scale_by_lion(
         body,
         name="scale_by_lion",
         hyperparams={"b1": b1, "b2": b2},
+        stage_args={"mode": mode, "smooth_beta": smooth_beta},
         compute_dtype=promoted,
     )
 

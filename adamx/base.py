@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +26,14 @@ __all__ = [
     "ArrayTree",
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "OptState",
     "Params",
     "Schedule",
     "ScalarOrSchedule",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
     "Updates",
     "apply_updates",
     "identity",
@@ -52,13 +56,56 @@ NO_PARAMS_MSG = (
 
 
 class TransformInitFn(Protocol):
+    """The type of ``init``: ``params -> state``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> init: adamx.TransformInitFn = adamx.adam(0.1).init
+        >>> len(init(jnp.zeros(2)))
+        2
+    """
+
     def __call__(self, params: Params) -> OptState: ...
 
 
 class TransformUpdateFn(Protocol):
-    # Extra keyword arguments are allowed but not required, as in Optax.
+    """The type of ``update``: ``(updates, state, params=None) -> (updates, state)``.
+
+    Extra keyword arguments are allowed but not required, as in Optax.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> tx = adamx.scale(2.0)
+        >>> update: adamx.TransformUpdateFn = tx.update
+        >>> update(jnp.ones(2), tx.init(None))[0]
+        Array([2., 2.], dtype=float32)
+    """
+
     def __call__(
         self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class TransformUpdateExtraArgsFn(Protocol):
+    """The type of an ``update`` that takes extra keyword arguments.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> tx = adamx.chain(adamx.scale(2.0))
+        >>> update: adamx.TransformUpdateExtraArgsFn = tx.update
+        >>> update(jnp.ones(2), tx.init(None), value=1.0)[0]
+        Array([2., 2.], dtype=float32)
+    """
+
+    def __call__(
+        self,
+        updates: Updates,
+        state: OptState,
+        params: Params | None = None,
+        **extra_args: Any,
     ) -> tuple[Updates, OptState]: ...
 
 
@@ -113,7 +160,7 @@ class GradientTransformation(_InitUpdate):
         traits: Traits | None = None,
         *,
         derived: bool = False,
-    ) -> GradientTransformation:
+    ) -> Self:
         traits = Traits() if traits is None else traits
         # A combination whose traits come from its parts (derived) leaves the
         # refusal to the part that works leaf by leaf, which names itself.
@@ -122,6 +169,36 @@ class GradientTransformation(_InitUpdate):
         self = super().__new__(cls, init, update)
         self.traits = traits
         return self
+
+
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A :class:`GradientTransformation` whose ``update`` takes extra arguments.
+
+    ``update(updates, state, params=None, **extra_args)``: the keyword
+    arguments a loss-aware transformation needs (``value``, ``grad``,
+    ``value_fn``, ...) travel through it, and the parts that do not use them
+    ignore them. :func:`~adamx.chain`, :func:`~adamx.named_chain` and the
+    wrappers return one, as Optax's do, so ``isinstance`` checks written for
+    Optax's class of this name see the same answer.
+
+    Args:
+        init: ``params -> state``.
+        update: ``(updates, state, params=None, **extra_args) -> (updates, state)``.
+        traits: what it declares; ``None`` declares nothing.
+        derived: the traits are derived from its parts.
+
+    Returns:
+        The transformation.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> tx = adamx.chain(adamx.scale(2.0))
+        >>> isinstance(tx, adamx.GradientTransformationExtraArgs)
+        True
+        >>> tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), value=3.0)[0]
+        Array([2., 2.], dtype=float32)
+    """
 
 
 def _name(update: TransformUpdateFn, traits: Traits) -> str:
@@ -364,6 +441,37 @@ def require_params(name: str, params: Params | None) -> None:
     """Raise the ``ValueError`` for a transformation called without params."""
     if params is None:
         raise ValueError(NO_PARAMS_MSG.format(name=name))
+
+
+@jax.tree_util.register_pytree_node_class
+class ParamsPlaceholder:
+    """Stands in for the params when :func:`adamx.tree.map_params` calls ``init``.
+
+    An empty pytree node: an ``init`` that maps over the params returns it
+    wherever the state holds a tree shaped like the params. An ``init`` that
+    reads the params' structure (a mask) passes it on unread, see
+    :func:`is_params_placeholder`.
+    """
+
+    def tree_flatten(self) -> tuple[tuple[()], None]:
+        return (), None
+
+    @classmethod
+    def tree_unflatten(cls, aux: None, children: Any) -> ParamsPlaceholder:
+        del aux, children
+        return cls()
+
+
+def is_params_placeholder(x: Any) -> bool:
+    """True for the params' stand-in of ``adamx.tree.map_params`` or of Optax's.
+
+    Optax's (``optax.tree.map_params``) is recognised by its class, without
+    importing Optax.
+    """
+    cls = type(x)
+    return cls is ParamsPlaceholder or (
+        cls.__name__ == "_ParamsPlaceholder" and cls.__module__.startswith("optax.")
+    )
 
 
 def is_schedule(x: Any) -> bool:

@@ -12,7 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from adamx.base import GradientTransformation, Params, Updates, wider_dtype
+from adamx.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    Params,
+    Updates,
+    wider_dtype,
+)
 from adamx.combine import call_update, check_transformation
 from adamx.traits import Traits, traits_of
 
@@ -159,6 +165,6 @@ def cautious(
         return jax.tree.map(leaf, new, bare, updates), new_state
 
     inner = traits_of(tx)
-    return GradientTransformation(
+    return GradientTransformationExtraArgs(
         tx.init, update_fn, Traits(elementwise=False, layout=inner.layout)
     )

@@ -3,6 +3,8 @@
 ``chain`` runs transformations one after the other; ``named_chain`` does the
 same with a name per stage; ``partition`` gives each group of parameters its
 own transformation; ``masked`` applies a transformation to a subset of leaves.
+``stateless`` and ``stateless_with_tree_map`` make a transformation of a
+function; ``with_extra_args_support`` lets one ignore extra arguments.
 """
 
 from __future__ import annotations
@@ -14,17 +16,33 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from adamx.base import PER_LEAF, GradientTransformation, OptState, Params, Updates
+from adamx.base import (
+    PER_LEAF,
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    OptState,
+    Params,
+    Updates,
+    init_empty_state,
+    is_params_placeholder,
+)
 from adamx.traits import chained, traits_of
 
 __all__ = [
+    "MaskOrFn",
     "MaskedNode",
     "MaskedState",
+    "MultiTransformState",
     "PartitionState",
     "chain",
     "masked",
+    "multi_transform",
     "named_chain",
     "partition",
+    "stateless",
+    "stateless_with_tree_map",
+    "with_extra_args_support",
 ]
 
 
@@ -107,7 +125,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     # Its traits are its parts', each stage found under the part's index.
     traits = chained([(i, traits_of(t)) for i, t in enumerate(transforms)])
-    return GradientTransformation(init_fn, update_fn, traits, derived=True)
+    return GradientTransformationExtraArgs(init_fn, update_fn, traits, derived=True)
 
 
 def named_chain(
@@ -160,7 +178,7 @@ def named_chain(
         return updates, new_state
 
     traits = chained([(name, traits_of(t)) for name, t in transforms])
-    return GradientTransformation(init_fn, update_fn, traits, derived=True)
+    return GradientTransformationExtraArgs(init_fn, update_fn, traits, derived=True)
 
 
 class MaskedNode(NamedTuple):
@@ -231,7 +249,9 @@ def masked(
         inner: the transformation to apply to the selected leaves.
         mask: a tree of bools with the structure of the params (or a prefix of
             it, a bool then covering a whole subtree), or a function of the
-            params (the updates, in ``update``) that returns one.
+            params (the updates, in ``update``) that returns one. As in
+            Optax, ``mask`` is a function when all its leaves are callable: a
+            callable pytree of bools (an Equinox module) is a tree.
 
     Returns:
         A :class:`GradientTransformation` with state :class:`MaskedState`.
@@ -245,14 +265,23 @@ def masked(
         {'b': Array([1., 1.], dtype=float32), 'w': Array([0., 0.], dtype=float32)}
     """
     check_transformation("masked inner", inner)
-    if not callable(mask):
-        for leaf in jax.tree.leaves(mask):
+    # A function when its leaves are all callable, as Optax decides: a
+    # callable pytree of booleans (an Equinox module) is a mask tree.
+    leaves = jax.tree.leaves(mask)
+    is_fn = bool(leaves) and all(callable(leaf) for leaf in leaves)
+    if not is_fn:
+        for leaf in leaves:
             _check_mask_leaf(leaf)
 
     def resolve(tree):
-        return mask(tree) if callable(mask) else mask
+        return mask(tree) if is_fn else mask
 
     def init_fn(params):
+        if is_params_placeholder(params):
+            # tree.map_params (adamx's or Optax's) asks where the state holds
+            # copies of the params: no mask applies to the stand-in, it goes
+            # to the inner init whole, as in Optax's masked.
+            return MaskedState(inner_state=inner.init(params))
         leaf_mask = _leaf_mask(resolve(params), params)
         return MaskedState(inner_state=inner.init(_hide(params, leaf_mask)))
 
@@ -274,7 +303,7 @@ def masked(
         ]
         return treedef.unflatten(merged), MaskedState(inner_state=inner_state)
 
-    return GradientTransformation(init_fn, update_fn, PER_LEAF)
+    return GradientTransformationExtraArgs(init_fn, update_fn, PER_LEAF)
 
 
 class PartitionState(NamedTuple):
@@ -361,4 +390,136 @@ def partition(
             )
         return updates, PartitionState(new_states)
 
-    return GradientTransformation(init_fn, update_fn, PER_LEAF)
+    return GradientTransformationExtraArgs(init_fn, update_fn, PER_LEAF)
+
+
+# Optax's older names for partition and its state, and for a mask argument.
+multi_transform = partition
+MultiTransformState = PartitionState
+MaskOrFn = Any | Callable[[Params], Any] | None
+
+
+# ------------------------------------------------------------------ from functions
+
+
+def _check_function(f: Any) -> None:
+    if not callable(f):
+        raise TypeError(
+            f"f must be a function of the updates and the params, got {f!r} of "
+            f"type {type(f).__name__}"
+        )
+
+
+def stateless(
+    f: Callable[[Updates, Params | None], Updates],
+) -> GradientTransformation:
+    r"""A transformation without state, made of a function of updates and params.
+
+    .. math:: u_t = f(g_t, \theta_{t-1})
+
+    Args:
+        f: ``f(updates, params) -> updates``, on whole trees; ``params`` is
+            ``None`` when ``update`` is called without them.
+
+    Returns:
+        A :class:`GradientTransformation` whose state is
+        :class:`~adamx.EmptyState`. Extra keyword arguments to ``update`` are
+        ignored.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> decay = lambda u, p: jax.tree.map(lambda g, w: g + 0.1 * w, u, p)
+        >>> tx = adamx.stateless(decay)
+        >>> tx.update(jnp.array([1.0]), tx.init(None), jnp.array([2.0]))[0]
+        Array([1.2], dtype=float32)
+    """
+    _check_function(f)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del state, extra_args
+        return f(updates, params), EmptyState()
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def stateless_with_tree_map(
+    f: Callable[[jax.Array, jax.Array | None], jax.Array],
+) -> GradientTransformation:
+    r"""A transformation without state, made of a function of one leaf.
+
+    .. math:: u_t^{(i)} = f(g_t^{(i)}, \theta_{t-1}^{(i)})
+
+    Like :func:`stateless`, with the map over the leaves done for you.
+
+    Args:
+        f: ``f(update, param) -> update`` for one array; ``param`` is ``None``
+            when ``update`` is called without params.
+
+    Returns:
+        A :class:`GradientTransformation` whose state is
+        :class:`~adamx.EmptyState`. Extra keyword arguments to ``update`` are
+        ignored.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> tx = adamx.stateless_with_tree_map(lambda g, p: 2.0 * g)
+        >>> tx.update({"w": jnp.array([1.0])}, tx.init(None))[0]
+        {'w': Array([2.], dtype=float32)}
+    """
+    _check_function(f)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del state, extra_args
+        if params is None:
+            return jax.tree.map(lambda u: f(u, None), updates), EmptyState()
+        return jax.tree.map(f, updates, params), EmptyState()
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def with_extra_args_support(
+    tx: GradientTransformation,
+) -> GradientTransformationExtraArgs:
+    r"""``tx``, with an ``update`` that accepts extra keyword arguments.
+
+    .. math:: (u_t, S_t) = f(g_t, S_{t-1}, \theta_{t-1}), \quad
+       \text{whatever else } f \text{ is given}
+
+    A :class:`GradientTransformationExtraArgs` is returned as it is; another
+    transformation whose ``update`` takes ``**extra_args`` keeps its update,
+    which gets them; any other gets an ``update`` that drops them.
+
+    Args:
+        tx: a transformation, adamx's or another library's.
+
+    Returns:
+        A :class:`GradientTransformationExtraArgs` with ``tx``'s ``init``,
+        state and traits.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> plain = adamx.GradientTransformation(
+        ...     lambda p: adamx.EmptyState(), lambda u, s, params=None: (u, s)
+        ... )
+        >>> tx = adamx.with_extra_args_support(plain)
+        >>> tx.update(jnp.ones(1), tx.init(None), loss=jnp.array(3.0))[0]
+        Array([1.], dtype=float32)
+    """
+    check_transformation("tx", tx)
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+    inner = tx
+    update = inner.update
+    if not _takes_extra_args(update):
+
+        def update(updates, state, params=None, **extra_args):
+            del extra_args
+            return inner.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(
+        inner.init, update, traits_of(inner), derived=True
+    )

@@ -23,7 +23,10 @@ the buffer into the familiar tree inside the loss::
 Concatenating a tree into buffers and splitting the result back on every step
 is no substitute: it costs more than it saves once leaves are larger than a
 few thousand elements (``docs/performance.md``). So the layout is chosen once,
-before training, not per step.
+before training, not per step. :func:`flatten` is that per-step concatenation,
+Optax's ``optax.flatten``: a wrapper that needs nothing of the training step,
+for trees of many tiny leaves or for a transformation that should see all the
+parameters as one vector.
 
 Compile time moves the other way with the tree's shapes: XLA generates one
 kernel for all identical ones, and each leaf's slice of the buffer is a kernel
@@ -37,8 +40,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["FlatParams", "ravel"]
+from adamx.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    wider_dtype,
+)
+from adamx.combine import call_update, check_transformation
+from adamx.traits import Traits, traits_of
+
+__all__ = ["FlatParams", "flatten", "ravel"]
 
 
 class _Slot(NamedTuple):
@@ -157,3 +169,103 @@ def ravel(tree: Any) -> FlatParams:
     buffers = {n: jnp.array(jnp.concatenate(parts[n]), copy=True) for n in names}
     layout = _Layout(treedef, tuple(slots), tuple((n, offsets[n]) for n in names))
     return FlatParams(buffers, layout)
+
+
+# ------------------------------------------------------------------ per step
+
+
+def _to_vector(tree: Any) -> jax.Array:
+    """The leaves of ``tree`` in tree order, concatenated into one 1-D array.
+
+    Leaves of different dtypes are cast, explicitly, to the one that holds
+    them all, so that this works under strict dtype promotion too.
+    """
+    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((0,), jnp.float32)
+    dtype = wider_dtype(*(x.dtype for x in leaves))
+    return jnp.concatenate([x.reshape(-1).astype(dtype) for x in leaves])
+
+
+def _from_vector(vector: jax.Array, like: Any) -> Any:
+    """``vector`` cut into the leaves of ``like``: their shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(like)
+    cuts = np.cumsum([np.size(x) for x in leaves])[:-1].tolist()
+    pieces = jnp.split(vector, cuts) if leaves else []
+    out = [
+        piece.reshape(np.shape(x)).astype(jnp.result_type(x))
+        for piece, x in zip(pieces, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def flatten(inner: GradientTransformation) -> GradientTransformationExtraArgs:
+    r"""Run ``inner`` on one flat vector: the tree's leaves joined at every step.
+
+    .. math::
+        (v_t, S_t) = f\big(\operatorname{vec}(g_t), S_{t-1};\,
+        \operatorname{vec}(\theta_t)\big), \qquad
+        u_t = \operatorname{vec}^{-1}(v_t)
+
+    where :math:`\operatorname{vec}` concatenates the leaves in tree order
+    into one 1-D array and :math:`\operatorname{vec}^{-1}` cuts a vector back
+    into the leaves' shapes. ``inner`` (:math:`f`) sees a single array in
+    ``init`` and ``update``, and its state is built for it. With many tiny
+    leaves this saves the per-leaf overhead of each of ``inner``'s steps, at
+    the price of a concatenation and a split of the gradients (and the
+    params, when given) on every step.
+
+    It differs from :func:`ravel` and :class:`FlatParams`, which lay the
+    params out in buffers once, before training, so that nothing is copied at
+    a step, but ask the loss to unravel the buffers and give element-wise
+    optimizers only: ``flatten`` asks nothing of the training step and takes
+    any ``inner``. A per-leaf one computes its per-leaf quantities (a trust
+    ratio, a factored moment) over the whole vector, as if the params were
+    one leaf. For an element-wise ``inner`` all three layouts give the same
+    numbers.
+
+    Leaves of different dtypes are joined in the one that holds them all,
+    and each update goes back to its own leaf's dtype (Optax's promotes and
+    returns updates in the wider dtype). Sharded leaves are gathered by the
+    concatenation.
+
+    Args:
+        inner: the transformation to run on the flat vector.
+
+    Returns:
+        A :class:`~adamx.GradientTransformationExtraArgs` whose state is
+        ``inner``'s state for the flat vector.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import adamx
+        >>> tx = adamx.flatten(adamx.scale_by_adam())
+        >>> params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
+        >>> tx.init(params).mu.shape
+        (7,)
+        >>> tx.update({"w": jnp.ones((2, 2)), "b": -jnp.ones(3)}, tx.init(params))[0]
+        {'b': Array([-1., -1., -1.], dtype=float32), 'w': Array([[1., 1.],
+               [1., 1.]], dtype=float32)}
+
+    References:
+        Optax's ``optax.flatten``,
+        https://optax.readthedocs.io/en/latest/api/transformations.html
+    """
+    check_transformation("inner", inner)
+
+    def init_fn(params):
+        return inner.init(_to_vector(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        flat_params = None if params is None else _to_vector(params)
+        flat_updates, state = call_update(
+            inner, _to_vector(updates), state, flat_params, extra_args
+        )
+        return _from_vector(flat_updates, updates), state
+
+    # A flat layout given to it is joined like any tree; only an element-wise
+    # inner computes on the vector what it would on the tree.
+    elementwise = True if traits_of(inner).elementwise else None
+    return GradientTransformationExtraArgs(
+        init_fn, update_fn, Traits(elementwise=elementwise), derived=True
+    )

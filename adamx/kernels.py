@@ -224,7 +224,7 @@ class _Adam:
                 decay, wd = True, wd(state_at(old_state, stage.path).count)
             else:
                 decay = not (isinstance(wd, (int, float)) and wd == 0.0)
-        lr = state_at(new_state, rate.path).learning_rate
+        lr = state_at(new_state, rate.path).rate
         scalars = jnp.stack(
             [
                 1 - b1,

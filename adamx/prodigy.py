@@ -29,6 +29,7 @@ import numpy as np
 from adamx import checks
 from adamx.base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     ScalarOrSchedule,
     require_params,
     safe_increment,
@@ -346,7 +347,9 @@ def scale_by_prodigy(
         # Its sums run over the whole tree, as a global norm's do; a slice of
         # every leaf is not a slice of a flat buffer.
         elementwise = elementwise and slice_p == 1
-    return GradientTransformation(init_fn, update_fn, Traits(elementwise, (stage,)))
+    return GradientTransformationExtraArgs(
+        init_fn, update_fn, Traits(elementwise, (stage,))
+    )
 
 
 def prodigy(

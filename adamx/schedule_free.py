@@ -30,6 +30,7 @@ from adamx import checks
 from adamx.adaptive import scale_by_rms
 from adamx.base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
     Params,
     ScalarOrSchedule,
@@ -249,7 +250,7 @@ def schedule_free(
         stages = (stage, *(s._replace(path=(where, *s.path)) for s in base.stages))
     # Per leaf because of its own storage (block codes): it refuses a flat
     # layout itself; per leaf because of the base: the base refuses it.
-    return GradientTransformation(
+    return GradientTransformationExtraArgs(
         init_fn,
         update_fn,
         Traits(elementwise=elementwise, stages=stages),

@@ -2,8 +2,13 @@ r"""Schedules: functions of the step count that give a hyperparameter's value.
 
 A schedule is a callable ``step -> value``. Transformations that take a
 ``ScalarOrSchedule`` (a learning rate, a weight decay, ...) accept one, and so
-does Optax. Each factory here has the name, argument names, argument order and
-defaults of the Optax function it mirrors, and gives the same values.
+does Optax. This module holds the schedules of one curve each: constant,
+polynomial and linear, piecewise constant or interpolated, exponential and
+cosine decay. Schedules made of phases joined one after another (a warm-up
+then a decay, one-cycle, warm restarts, ``join_schedules``) are in
+``adamx.joined_schedules``, and follow the conventions below too. Each
+factory has the name, argument names, argument order and defaults of the
+Optax function it mirrors, and gives the same values.
 
 Every schedule runs on a Python ``int`` and on a traced integer array under
 ``jax.jit`` or ``jax.vmap``: the step is only handled with ``jnp`` operations,
@@ -21,7 +26,7 @@ argument that makes no sense into some other schedule (a negative length, a
 zero decay rate, a warm-up of 0 steps that never reaches the peak), the factory
 raises instead; the lengths Optax documents as possibly 0 (``transition_steps``
 of :func:`polynomial_schedule`, ``warmup_steps`` of
-:func:`warmup_cosine_decay_schedule`) keep their meaning. Values that are
+:func:`~adamx.warmup_cosine_decay_schedule`) keep their meaning. Values that are
 traced arrays are let through unchecked. The values a schedule returns (its
 ``value``, ``init_value``, ``peak_value``, ``end_value``) must be >= 0, as the
 learning rates, weight decays and momenta that schedules drive are; a schedule
@@ -32,7 +37,7 @@ factories have no such argument and check nothing).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -51,17 +56,11 @@ from adamx.checks import (
 __all__ = [
     "constant_schedule",
     "cosine_decay_schedule",
-    "cosine_onecycle_schedule",
     "exponential_decay",
-    "join_schedules",
-    "linear_onecycle_schedule",
     "linear_schedule",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
-    "sgdr_schedule",
-    "warmup_constant_schedule",
-    "warmup_cosine_decay_schedule",
 ]
 
 Numeric = jax.typing.ArrayLike
@@ -89,7 +88,15 @@ def _elapsed(count: Any, start: int, length: int | None = None) -> Any:
         steps = max(count - start, 0)
         return steps if length is None else min(steps, length)
     steps = jnp.maximum(jnp.asarray(count) - start, 0)
-    return steps if length is None else jnp.minimum(steps, length)
+    if length is None:
+        return steps
+    if isinstance(length, int) and jnp.issubdtype(steps.dtype, jnp.integer):
+        if length > jnp.iinfo(steps.dtype).max:
+            # A length past the step's integer range (decay_steps=int(1e10)
+            # with int32 steps): the steps never reach it, and the caller's
+            # length - steps is only representable as a float.
+            return _to_float(steps)
+    return jnp.minimum(steps, length)
 
 
 def _to_float(x: Any) -> Any:
@@ -166,6 +173,45 @@ def _check_boundaries_and_scales(
         check_nonnegative(f"{name}[{boundary!r}]", scale)
     items = sorted((int(b), s) for b, s in boundaries_and_scales.items())
     return [b for b, _ in items], [s for _, s in items]
+
+
+def _check_exponential_decay(
+    start_name: str,
+    start: Any,
+    transition_steps: Any,
+    decay_rate: Any,
+    transition_begin: Any,
+    staircase: Any,
+    end_value: Any,
+    signed: bool,
+) -> None:
+    """The arguments of an exponential decay from ``start`` (named ``start_name``).
+
+    An ``end_value`` on the wrong side of the start would replace the value
+    from the decay's first step: it must be below it for a decay, above it for
+    a growth.
+    """
+    check_positive_int("transition_steps", transition_steps)
+    check_range("decay_rate", decay_rate, 0.0, math.inf, low_open=True, high_open=True)
+    check_positive_int("transition_begin", transition_begin, allow_zero=True)
+    check_bool("staircase", staircase)
+    if end_value is None:
+        return
+    _check_value("end_value", end_value, signed)
+    start_f, end_f = _concrete_float(start), _concrete_float(end_value)
+    rate_f = _concrete_float(decay_rate)
+    if start_f is None or end_f is None or rate_f is None:
+        return
+    if rate_f < 1.0 and end_f > start_f:
+        raise ValueError(
+            f"end_value must be <= {start_name}={start!r} when decay_rate < 1 "
+            f"(it is a floor), got {end_value!r}"
+        )
+    if rate_f >= 1.0 and end_f < start_f:
+        raise ValueError(
+            f"end_value must be >= {start_name}={start!r} when decay_rate >= 1 "
+            f"(it is a ceiling), got {end_value!r}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -413,25 +459,17 @@ def exponential_decay(
         [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
     """
     _check_value("init_value", init_value, signed)
-    check_positive_int("transition_steps", transition_steps)
-    check_range("decay_rate", decay_rate, 0.0, math.inf, low_open=True, high_open=True)
-    check_positive_int("transition_begin", transition_begin, allow_zero=True)
-    check_bool("staircase", staircase)
+    _check_exponential_decay(
+        "init_value",
+        init_value,
+        transition_steps,
+        decay_rate,
+        transition_begin,
+        staircase,
+        end_value,
+        signed,
+    )
     rate_f = _concrete_float(decay_rate)
-    if end_value is not None:
-        _check_value("end_value", end_value, signed)
-        init_f, end_f = _concrete_float(init_value), _concrete_float(end_value)
-        if init_f is not None and end_f is not None and rate_f is not None:
-            if rate_f < 1.0 and end_f > init_f:
-                raise ValueError(
-                    f"end_value must be <= init_value={init_value!r} when "
-                    f"decay_rate < 1 (it is a floor), got {end_value!r}"
-                )
-            if rate_f >= 1.0 and end_f < init_f:
-                raise ValueError(
-                    f"end_value must be >= init_value={init_value!r} when "
-                    f"decay_rate >= 1 (it is a ceiling), got {end_value!r}"
-                )
 
     def schedule(count: Numeric) -> jax.Array:
         steps = _elapsed(count, transition_begin)
@@ -500,129 +538,15 @@ def cosine_decay_schedule(
     check_nonnegative("exponent", exponent)
 
     def schedule(count: Numeric) -> jax.Array:
-        weight = _cosine_weight(
-            decay_steps - _elapsed(count, 0, decay_steps), decay_steps
-        )
+        elapsed = _elapsed(count, 0, decay_steps)
+        if isinstance(elapsed, jax.Array) and jnp.issubdtype(
+            elapsed.dtype, jnp.floating
+        ):
+            left = float(decay_steps) - elapsed  # past the integer range
+        else:
+            left = decay_steps - elapsed
+        weight = _cosine_weight(left, decay_steps)
         return init_value * (alpha + (1.0 - alpha) * weight**exponent)
-
-    return schedule
-
-
-def warmup_constant_schedule(
-    init_value: Numeric,
-    peak_value: Numeric,
-    warmup_steps: int,
-    *,
-    signed: bool = False,
-) -> Schedule:
-    r"""Rise linearly from ``init_value`` to ``peak_value``, then hold it.
-
-    .. math:: v_t = I + (P - I)\,\frac{\min(t, W)}{W}
-
-    with :math:`I` = ``init_value``, :math:`P` = ``peak_value`` and :math:`W`
-    = ``warmup_steps``. Optax turns ``warmup_steps=0`` into the constant
-    :math:`I`, never reaching :math:`P`; here it is refused (use
-    :func:`constant_schedule` for no warm-up).
-
-    Args:
-        init_value: the value :math:`I` at step 0.
-        peak_value: the value :math:`P` from step :math:`W` on.
-        warmup_steps: the length :math:`W` of the warm-up, an int > 0.
-        signed: allow negative values; by default the values must be >= 0,
-            as a learning rate, weight decay or momentum must be.
-
-    Returns:
-        A schedule ``step -> value``.
-
-    Example:
-        >>> from adamx.schedules import warmup_constant_schedule
-        >>> s = warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
-        >>> [float(s(t)) for t in range(6)]
-        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    """
-    _check_value("init_value", init_value, signed)
-    _check_value("peak_value", peak_value, signed)
-    check_positive_int("warmup_steps", warmup_steps)
-    return linear_schedule(
-        init_value=init_value,
-        end_value=peak_value,
-        transition_steps=warmup_steps,
-        signed=signed,
-    )
-
-
-def warmup_cosine_decay_schedule(
-    init_value: Numeric,
-    peak_value: Numeric,
-    warmup_steps: int,
-    decay_steps: int,
-    end_value: Numeric = 0.0,
-    exponent: Numeric = 1.0,
-    *,
-    signed: bool = False,
-) -> Schedule:
-    r"""Rise linearly to ``peak_value``, then fall along half a cosine.
-
-    .. math::
-
-        v_t = \begin{cases}
-            I + (P - I)\,\dfrac{t}{W} & t < W \\[1ex]
-            E + (P - E)\left[\tfrac{1}{2}\left(1 + \cos
-            \dfrac{\pi \min(t - W,\, D - W)}{D - W}\right)\right]^{p} & t \ge W
-        \end{cases}
-
-    with :math:`I` = ``init_value``, :math:`P` = ``peak_value``, :math:`W` =
-    ``warmup_steps``, :math:`D` = ``decay_steps`` (the whole length, warm-up
-    included), :math:`E` = ``end_value`` and :math:`p` = ``exponent``.
-
-    Args:
-        init_value: the value :math:`I` at step 0.
-        peak_value: the value :math:`P` at step :math:`W`.
-        warmup_steps: the length :math:`W` of the warm-up, an int >= 0; 0 starts
-            the decay at step 0.
-        decay_steps: the step :math:`D` where the decay ends, warm-up included;
-            an int > ``warmup_steps``.
-        end_value: the value :math:`E` from step :math:`D` on. It must be 0 when
-            ``peak_value`` is 0, where Optax would ignore it.
-        exponent: the power :math:`p` of the cosine factor, a number >= 0.
-        signed: allow negative values; by default the values must be >= 0,
-            as a learning rate, weight decay or momentum must be.
-
-    Returns:
-        A schedule ``step -> value``.
-
-    Example:
-        >>> from adamx.schedules import warmup_cosine_decay_schedule
-        >>> s = warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=2, decay_steps=6)
-        >>> [round(float(s(t)), 4) for t in range(8)]
-        [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
-    """
-    _check_value("init_value", init_value, signed)
-    _check_value("peak_value", peak_value, signed)
-    check_positive_int("warmup_steps", warmup_steps, allow_zero=True)
-    check_positive_int("decay_steps", decay_steps)
-    if decay_steps <= warmup_steps:
-        raise ValueError(
-            f"decay_steps must be > warmup_steps={warmup_steps!r} (it counts the "
-            f"warm-up), got {decay_steps!r}"
-        )
-    _check_value("end_value", end_value, signed)
-    check_nonnegative("exponent", exponent)
-    end_f = _concrete_float(end_value)
-    if _concrete_float(peak_value) == 0.0 and end_f is not None and end_f != 0.0:
-        # Optax scales the decay by peak_value, so it would ignore end_value.
-        raise ValueError(f"end_value must be 0 when peak_value is 0, got {end_value!r}")
-    cosine_steps = decay_steps - warmup_steps
-
-    def schedule(count: Any) -> jax.Array:
-        left = cosine_steps - _elapsed(count, warmup_steps, cosine_steps)
-        weight = _cosine_weight(left, cosine_steps)
-        decayed = _linear_interpolate(end_value, peak_value, weight**exponent)
-        if warmup_steps == 0:
-            return jnp.asarray(decayed)
-        warm_frac = _to_float(_elapsed(count, 0, warmup_steps)) / warmup_steps
-        warm = _linear_interpolate(init_value, peak_value, warm_frac)
-        return jnp.where(count < warmup_steps, warm, decayed)
 
     return schedule
 
@@ -701,294 +625,3 @@ def piecewise_interpolate_schedule(
         return jnp.asarray(value)
 
     return schedule
-
-
-def _check_pct(name: str, value: Any, low: float, low_name: str) -> None:
-    """A fraction of the cycle strictly between ``low`` and 1."""
-    f = _concrete_float(value)
-    check_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
-    if f is None:
-        raise TypeError(f"{name} must be a concrete number, got {value!r}")
-    if f <= low:
-        raise ValueError(f"{name} must be in ({low_name}={low!r}, 1), got {value!r}")
-
-
-def linear_onecycle_schedule(
-    transition_steps: int,
-    peak_value: Numeric,
-    pct_start: float = 0.3,
-    pct_final: float = 0.85,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    *,
-    signed: bool = False,
-) -> Schedule:
-    r"""The one-cycle schedule with straight lines: up, down, then further down.
-
-    With :math:`P` = ``peak_value``, :math:`I = P / d` (``div_factor``),
-    :math:`T` = ``transition_steps``, :math:`b_1 = \lfloor`
-    ``pct_start`` :math:`\cdot T \rfloor` and :math:`b_2 = \lfloor`
-    ``pct_final`` :math:`\cdot T \rfloor`, the value moves linearly through
-
-    .. math::
-
-        (0, I) \to (b_1, P) \to (b_2, I) \to (T, I / d_f)
-
-    and stays at :math:`I / d_f` (``final_div_factor``) after step :math:`T`.
-    It is :func:`piecewise_interpolate_schedule` with ``'linear'``.
-
-    Args:
-        transition_steps: the length :math:`T` of the cycle, an int > 0, long
-            enough that :math:`0 \le b_1 < b_2 < T`.
-        peak_value: the value :math:`P` at step :math:`b_1`.
-        pct_start: the fraction of the cycle spent rising, in ``(0, 1)``.
-        pct_final: the fraction of the cycle after which the last phase starts,
-            in ``(pct_start, 1)``.
-        div_factor: :math:`d`, the ratio of the peak to the initial value, > 0.
-        final_div_factor: :math:`d_f`, the ratio of the initial to the final
-            value, > 0.
-        signed: allow negative values; by default the values must be >= 0,
-            as a learning rate, weight decay or momentum must be.
-
-    Returns:
-        A schedule ``step -> value``.
-
-    References:
-        Smith and Topin, `Super-Convergence: Very Fast Training of Neural
-        Networks Using Large Learning Rates <https://arxiv.org/abs/1708.07120>`_,
-        2017.
-
-    Example:
-        >>> from adamx.schedules import linear_onecycle_schedule
-        >>> s = linear_onecycle_schedule(10, 1.0, pct_start=0.2, pct_final=0.6,
-        ...                              div_factor=4.0, final_div_factor=5.0)
-        >>> [round(float(s(t)), 4) for t in (0, 1, 2, 4, 6, 8, 10, 12)]
-        [0.25, 0.625, 1.0, 0.625, 0.25, 0.15, 0.05, 0.05]
-    """
-    check_positive_int("transition_steps", transition_steps)
-    _check_value("peak_value", peak_value, signed)
-    _check_pct("pct_start", pct_start, 0.0, "0")
-    _check_pct("pct_final", pct_final, float(pct_start), "pct_start")
-    check_range("div_factor", div_factor, 0.0, math.inf, low_open=True, high_open=True)
-    check_range(
-        "final_div_factor",
-        final_div_factor,
-        0.0,
-        math.inf,
-        low_open=True,
-        high_open=True,
-    )
-    rise_end = int(pct_start * transition_steps)
-    fall_end = int(pct_final * transition_steps)
-    if rise_end == fall_end:
-        # Equal boundaries would merge two phases into one key of the dict.
-        raise ValueError(
-            f"transition_steps={transition_steps!r} is too short to separate "
-            f"pct_start={pct_start!r} and pct_final={pct_final!r}: both fall on "
-            f"step {rise_end}"
-        )
-    return piecewise_interpolate_schedule(
-        "linear",
-        peak_value / div_factor,
-        {
-            rise_end: div_factor,
-            fall_end: 1.0 / div_factor,
-            transition_steps: 1.0 / final_div_factor,
-        },
-        signed=signed,
-    )
-
-
-def cosine_onecycle_schedule(
-    transition_steps: int,
-    peak_value: Numeric,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    *,
-    signed: bool = False,
-) -> Schedule:
-    r"""The one-cycle schedule with cosine ramps: up to the peak, then down.
-
-    With :math:`P` = ``peak_value``, :math:`I = P / d` (``div_factor``),
-    :math:`T` = ``transition_steps`` and :math:`b_1 = \lfloor`
-    ``pct_start`` :math:`\cdot T \rfloor`, the value follows half a cosine
-    from :math:`I` at step 0 to :math:`P` at :math:`b_1`, then another to
-    :math:`I / d_f` (``final_div_factor``) at :math:`T`, where it stays:
-
-    .. math::
-
-        v_t = b + (a - b)\,\tfrac{1}{2}\left(1 + \cos \pi x_t\right)
-
-    with :math:`(a, b, x_t) = (I, P, t / b_1)` on the way up and
-    :math:`(P, I/d_f, (t - b_1)/(T - b_1))` on the way down. It is
-    :func:`piecewise_interpolate_schedule` with ``'cosine'``.
-
-    Args:
-        transition_steps: the length :math:`T` of the cycle, an int > 0.
-        peak_value: the value :math:`P` at step :math:`b_1`.
-        pct_start: the fraction of the cycle spent rising, in ``(0, 1)``.
-        div_factor: :math:`d`, the ratio of the peak to the initial value, > 0.
-        final_div_factor: :math:`d_f`, the ratio of the initial to the final
-            value, > 0.
-        signed: allow negative values; by default the values must be >= 0,
-            as a learning rate, weight decay or momentum must be.
-
-    Returns:
-        A schedule ``step -> value``.
-
-    References:
-        Smith and Topin, `Super-Convergence: Very Fast Training of Neural
-        Networks Using Large Learning Rates <https://arxiv.org/abs/1708.07120>`_,
-        2017.
-
-    Example:
-        >>> from adamx.schedules import cosine_onecycle_schedule
-        >>> s = cosine_onecycle_schedule(10, 1.0, pct_start=0.2, div_factor=4.0,
-        ...                              final_div_factor=5.0)
-        >>> [round(float(s(t)), 4) for t in (0, 1, 2, 6, 10, 12)]
-        [0.25, 0.625, 1.0, 0.525, 0.05, 0.05]
-    """
-    check_positive_int("transition_steps", transition_steps)
-    _check_value("peak_value", peak_value, signed)
-    _check_pct("pct_start", pct_start, 0.0, "0")
-    check_range("div_factor", div_factor, 0.0, math.inf, low_open=True, high_open=True)
-    check_range(
-        "final_div_factor",
-        final_div_factor,
-        0.0,
-        math.inf,
-        low_open=True,
-        high_open=True,
-    )
-    return piecewise_interpolate_schedule(
-        "cosine",
-        peak_value / div_factor,
-        {
-            int(pct_start * transition_steps): div_factor,
-            transition_steps: 1.0 / (div_factor * final_div_factor),
-        },
-        signed=signed,
-    )
-
-
-def join_schedules(
-    schedules: Sequence[Schedule], boundaries: Sequence[int]
-) -> Schedule:
-    r"""Run schedules one after another, each counting steps from its own start.
-
-    .. math::
-
-        v_t = s_k(t - b_k) \quad \text{for } b_k \le t < b_{k+1},
-        \qquad b_0 = 0,\ b_{K} = \infty
-
-    with ``schedules`` = :math:`(s_0, \dots, s_{K-1})` and ``boundaries`` =
-    :math:`(b_1, \dots, b_{K-1})`.
-
-    Args:
-        schedules: the :math:`K \ge 1` schedules, callables ``step -> value``.
-        boundaries: the :math:`K - 1` steps where each next schedule takes
-            over, ints >= 0 in strictly increasing order.
-
-    Returns:
-        A schedule ``step -> value``.
-
-    Example:
-        >>> from adamx.schedules import constant_schedule, join_schedules
-        >>> from adamx.schedules import linear_schedule
-        >>> s = join_schedules(
-        ...     [constant_schedule(1.0), linear_schedule(1.0, 0.0, 2)], [3]
-        ... )
-        >>> [float(s(t)) for t in range(6)]
-        [1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
-    """
-    if isinstance(schedules, (str, bytes)) or not isinstance(schedules, Iterable):
-        raise TypeError(f"schedules must be a sequence of schedules, got {schedules!r}")
-    if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, Iterable):
-        raise TypeError(f"boundaries must be a sequence of ints, got {boundaries!r}")
-    schedules = list(schedules)
-    boundaries = list(boundaries)
-    if not schedules:
-        raise ValueError("schedules must hold at least one schedule, got []")
-    for i, fn in enumerate(schedules):
-        if not callable(fn):
-            raise TypeError(
-                f"schedules[{i}] must be a callable step -> value, got {fn!r} of "
-                f"type {type(fn).__name__}"
-            )
-    if len(boundaries) != len(schedules) - 1:
-        raise ValueError(
-            f"boundaries must have len(schedules) - 1 = {len(schedules) - 1} "
-            f"entries, got {len(boundaries)}: {boundaries!r}"
-        )
-    for i, boundary in enumerate(boundaries):
-        check_positive_int(f"boundaries[{i}]", boundary, allow_zero=True)
-    if any(b >= b_next for b, b_next in zip(boundaries, boundaries[1:], strict=False)):
-        raise ValueError(f"boundaries must be strictly increasing, got {boundaries!r}")
-
-    def schedule(count: Any) -> jax.Array:
-        value = schedules[0](count)
-        for boundary, fn in zip(boundaries, schedules[1:], strict=True):
-            value = jnp.where(count < boundary, value, fn(count - boundary))
-        return jnp.asarray(value)
-
-    return schedule
-
-
-def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Numeric]]) -> Schedule:
-    r"""Stochastic gradient descent with warm restarts: warm-up-cosine cycles in a row.
-
-    Cycle :math:`k` is ``warmup_cosine_decay_schedule(**cosine_kwargs[k])``
-    and lasts its ``decay_steps`` :math:`D_k` (warm-up included):
-
-    .. math::
-
-        v_t = c_k\!\left(t - \textstyle\sum_{i<k} D_i\right)
-        \quad \text{for } \textstyle\sum_{i<k} D_i \le t < \sum_{i \le k} D_i
-
-    and the last cycle's end value holds after the last cycle.
-
-    Args:
-        cosine_kwargs: one or more dicts of keyword arguments for
-            :func:`warmup_cosine_decay_schedule`, one per cycle.
-
-    Returns:
-        A schedule ``step -> value``.
-
-    References:
-        Loshchilov and Hutter, `SGDR: Stochastic Gradient Descent with Warm
-        Restarts <https://arxiv.org/abs/1608.03983>`_, 2017.
-
-    Example:
-        >>> from adamx.schedules import sgdr_schedule
-        >>> cycle = dict(init_value=0.0, peak_value=1.0, warmup_steps=1,
-        ...              decay_steps=3)
-        >>> s = sgdr_schedule([cycle, cycle])
-        >>> [float(s(t)) for t in range(7)]
-        [0.0, 1.0, 0.5, 0.0, 1.0, 0.5, 0.0]
-    """
-    if isinstance(cosine_kwargs, Mapping) or not isinstance(cosine_kwargs, Iterable):
-        raise TypeError(
-            f"cosine_kwargs must be a sequence of dicts, one per cycle, "
-            f"got {cosine_kwargs!r}"
-        )
-    cycles = list(cosine_kwargs)
-    if not cycles:
-        raise ValueError("cosine_kwargs must hold at least one cycle, got []")
-    schedules = []
-    boundaries = []
-    start = 0
-    for i, kwargs in enumerate(cycles):
-        if not isinstance(kwargs, Mapping):
-            raise TypeError(
-                f"cosine_kwargs[{i}] must be a dict of arguments for "
-                f"warmup_cosine_decay_schedule, got {kwargs!r}"
-            )
-        cycle: Mapping[str, Any] = kwargs
-        try:
-            schedules.append(warmup_cosine_decay_schedule(**cycle))
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"cosine_kwargs[{i}]: {e}") from e
-        start += cycle["decay_steps"]
-        boundaries.append(start)
-    return join_schedules(schedules, boundaries[:-1])

@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
-from adamx.base import GradientTransformation, Params
+from adamx.base import GradientTransformation, GradientTransformationExtraArgs, Params
 from adamx.combine import call_update, check_transformation
 from adamx.lowbit import QuantizedArray, block_axes, is_quantized
 from adamx.traits import Traits, traits_of
@@ -589,7 +589,7 @@ def sharded(
     # Sharding changes where numbers live, not what they are: an element-wise
     # transformation stays one.
     traits = Traits(elementwise=traits_of(tx).elementwise, layout=layout)
-    return GradientTransformation(init_fn, update_fn, traits, derived=True)
+    return GradientTransformationExtraArgs(init_fn, update_fn, traits, derived=True)
 
 
 def _broadcast_params_sharding(

@@ -34,6 +34,7 @@ from adamx.adaptive import MU, NU
 from adamx.base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     ScalarOrSchedule,
     require_params,
     safe_increment,
@@ -390,7 +391,9 @@ def scale_by_sophia(
     own = Traits(storage.elementwise, (stage,))
     estimator = traits_of(hessian_diagonal_fn)
     elementwise = chained([(0, own), ("hessian", estimator)]).elementwise
-    return GradientTransformation(init_fn, update_fn, Traits(elementwise, (stage,)))
+    return GradientTransformationExtraArgs(
+        init_fn, update_fn, Traits(elementwise, (stage,))
+    )
 
 
 def sophia(

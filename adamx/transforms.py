@@ -41,10 +41,14 @@ from adamx.traits import Stage, Traits
 
 __all__ = [
     "AddDecayedWeightsState",
+    "ClipByGlobalNormState",
+    "ClipState",
     "EmaState",
     "FactoredState",
     "ScaleByLearningRateState",
     "ScaleByScheduleState",
+    "ScaleByTrustRatioState",
+    "ScaleState",
     "TraceState",
     "add_decayed_weights",
     "clip",
@@ -62,6 +66,13 @@ __all__ = [
 ]
 
 
+# Optax's names for the states of transformations that keep none.
+ClipState = EmptyState
+ClipByGlobalNormState = EmptyState
+ScaleState = EmptyState
+ScaleByTrustRatioState = EmptyState
+
+
 # --------------------------------------------------------------- helpers
 
 
@@ -70,13 +81,13 @@ def _is_python_number(x: Any) -> bool:
     return type(x) in (int, float)
 
 
-def global_norm(tree: Any) -> jax.Array:
+def global_norm(updates: Any) -> jax.Array:
     r"""The L2 norm of all leaves of a tree taken together.
 
     .. math:: \|g\|_2 = \sqrt{\textstyle\sum_i \sum_j (g^{(i)}_j)^2}
 
     Args:
-        tree: a tree of arrays.
+        updates: a tree of arrays (Optax names it so).
 
     Returns:
         A scalar array.
@@ -87,7 +98,7 @@ def global_norm(tree: Any) -> jax.Array:
         >>> adamx.global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])})
         Array(5., dtype=float32)
     """
-    leaves = jax.tree.leaves(tree)
+    leaves = jax.tree.leaves(updates)
     # Accumulate in at least float32, and in one dtype across leaves of mixed
     # precision, so that bf16 leaves do not lose the sum; |x|^2 of complex
     # leaves, in their real dtype.
@@ -195,10 +206,11 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 class ScaleByLearningRateState(NamedTuple):
     """State of :func:`scale_by_learning_rate`."""
 
-    # Not named "count", so that Optax's tree_get(state, "count") still finds
-    # the one step counter of an Adam state.
+    # Named neither "count" nor "learning_rate", so that Optax's
+    # tree_get(state, "count") still finds the one step counter of an Adam
+    # state, and tree_get(state, "learning_rate") the injected hyperparameter.
     step: jax.Array  # shape=(), int32: steps taken so far
-    learning_rate: jax.Array  # shape=(), float32: the rate used at the last step
+    rate: jax.Array  # shape=(), float32: the learning rate used at the last step
 
 
 def scale_by_learning_rate(
@@ -209,7 +221,7 @@ def scale_by_learning_rate(
     .. math:: u_t = -\alpha_t\, g_t
 
     The learning rate applied at the last step is kept in the state
-    (``state.learning_rate``; before the first step, the rate the first step
+    (``state.rate``; before the first step, the rate the first step
     will use), so a training loop can log it without rebuilding the schedule.
     See :func:`adamx.get_learning_rate`.
 
@@ -229,7 +241,7 @@ def scale_by_learning_rate(
         >>> u, s = tx.update(jnp.array([1.0, -2.0]), tx.init(None))
         >>> u
         Array([-0.1,  0.2], dtype=float32)
-        >>> float(s.learning_rate)
+        >>> float(s.rate)
         0.1...
     """
     checks.check_bool("flip_sign", flip_sign)
@@ -246,7 +258,7 @@ def scale_by_learning_rate(
         del params
         count = jnp.zeros([], jnp.int32)
         return ScaleByLearningRateState(
-            step=count, learning_rate=jnp.asarray(rate(count), jnp.float32)
+            step=count, rate=jnp.asarray(rate(count), jnp.float32)
         )
 
     def update_fn(updates, state, params=None):
@@ -265,7 +277,7 @@ def scale_by_learning_rate(
             )
         return updates, ScaleByLearningRateState(
             step=safe_increment(state.step),
-            learning_rate=jnp.asarray(lr, jnp.float32),
+            rate=jnp.asarray(lr, jnp.float32),
         )
 
     stage = Stage(
@@ -559,6 +571,12 @@ def _factored_dims(
     return int(order[-2]), int(order[-1])
 
 
+def _zeros_without_axis(x: jax.Array, axis: int, dtype: Any) -> jax.Array:
+    """Zeros shaped (and, on a mesh of explicit axes, sharded) as ``x`` summed
+    over ``axis``, so that init and update agree on the statistic's sharding."""
+    return jnp.sum(jnp.zeros_like(x, dtype=dtype), axis=axis)
+
+
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: jax.typing.ArrayLike = 0.8,
@@ -625,9 +643,11 @@ def scale_by_factored_rms(
             if dims is None:
                 return one, one, jnp.zeros_like(p, dtype=dtype)
             d1, d0 = dims
-            row = jnp.zeros(tuple(np.delete(p.shape, d0)), dtype=dtype)
-            col = jnp.zeros(tuple(np.delete(p.shape, d1)), dtype=dtype)
-            return row, col, one
+            return (
+                _zeros_without_axis(p, d0, dtype),
+                _zeros_without_axis(p, d1, dtype),
+                one,
+            )
 
         v_row, v_col, v = leafwise(leaf, 3, params)
         return FactoredState(
@@ -730,7 +750,11 @@ def add_decayed_weights(
 
     def update_fn(updates, state, params=None):
         require_params("add_decayed_weights", params)
-        check_moment_tree(updates, params, "params")
+        # A None update (the whole tree or a leaf, as frozen params give) stays
+        # None, as in Optax.
+        is_none = lambda x: x is None  # noqa: E731
+        if not any(g is None for g in jax.tree.leaves(updates, is_leaf=is_none)):
+            check_moment_tree(updates, params, "params")
         if is_schedule:
             wd = weight_decay(state.count)
             new_state = AddDecayedWeightsState(count=safe_increment(state.count))
@@ -740,11 +764,13 @@ def add_decayed_weights(
                 return updates, state
 
         def leaf(g, p):
+            if g is None:
+                return None
             ct = wider_dtype(g.dtype, p.dtype)
             rate = wd if _is_python_number(wd) else jnp.asarray(wd).astype(ct)
             return (g.astype(ct) + rate * p.astype(ct)).astype(g.dtype)
 
-        return jax.tree.map(leaf, updates, params), new_state
+        return jax.tree.map(leaf, updates, params, is_leaf=is_none), new_state
 
     stage = Stage("add_decayed_weights", {"weight_decay": weight_decay})
     tx = GradientTransformation(init_fn, update_fn, Traits(True, (stage,)))

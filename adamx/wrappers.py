@@ -1,18 +1,14 @@
 r"""Wrappers that change how a transformation runs, not what it computes.
 
-``inject_hyperparams`` moves hyperparameters into the state, where they can be
-read and changed between steps without recompiling. ``apply_if_finite`` skips
-steps with non-finite gradients; ``dynamic_loss_scaling`` does the same for
-float16 training with a scaled loss; ``MultiSteps`` accumulates gradients over
-micro-steps; ``monitor`` records gradient and update norms in the state.
+``apply_if_finite`` skips steps with non-finite gradients;
+``dynamic_loss_scaling`` does the same for float16 training with a scaled
+loss; ``MultiSteps`` accumulates gradients over micro-steps; ``monitor``
+records gradient and update norms in the state. Hyperparameters kept in the
+state (``inject_hyperparams``) are in :mod:`adamx.injection`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import types
-import typing
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,29 +19,26 @@ import numpy as np
 from adamx import checks
 from adamx.base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
-    is_schedule,
     safe_increment,
     tree_zeros_like,
 )
 from adamx.combine import call_update, check_transformation
+from adamx.control import ShouldSkipUpdateFunction
 from adamx.traits import Traits, traits_of
-from adamx.transforms import ScaleByLearningRateState, global_norm
+from adamx.transforms import global_norm
 
 __all__ = [
     "ApplyIfFiniteState",
     "DynamicLossScaleState",
-    "InjectHyperparamsState",
     "MonitorState",
     "MultiSteps",
     "MultiStepsState",
     "apply_if_finite",
     "dynamic_loss_scaling",
-    "get_learning_rate",
-    "inject_hyperparams",
     "loss_scale",
     "monitor",
-    "set_hyperparams",
 ]
 
 
@@ -55,7 +48,7 @@ def _like(inner: Any, init: Any, update: Any) -> GradientTransformation:
     Its stages are not ``inner``'s: a wrapper changes how they run (values
     from the state, skipped or accumulated steps), which no kernel knows.
     """
-    return GradientTransformation(
+    return GradientTransformationExtraArgs(
         init,
         update,
         Traits(elementwise=traits_of(inner).elementwise),
@@ -68,243 +61,8 @@ def _tree_all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-# ------------------------------------------------------------------ hyperparameters
-
-
-class InjectHyperparamsState(NamedTuple):
-    """State of :func:`inject_hyperparams`."""
-
-    count: jax.Array  # type: ignore[assignment]  # shape=(), int32: steps taken so far
-    hyperparams: dict[str, jax.Array]  # name -> shape=() value used at the last step
-    inner_state: Any  # the wrapped optimizer's state
-
-
-def _union_members(hint: Any) -> set[Any]:
-    """The types a (possibly nested) union annotation admits."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return set().union(*(_union_members(a) for a in typing.get_args(hint)))
-    return {hint}
-
-
-def _is_real_number(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-        dtype = jnp.asarray(value).dtype
-        return np.ndim(value) == 0 and (
-            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
-        )
-    return isinstance(value, (int, float))
-
-
-def _role(hint: Any, value: Any) -> str:
-    """``"schedule"``, ``"number"`` or ``"static"``: what an argument becomes.
-
-    Decided from the parameter's type (``hint``, resolved from the factory's
-    annotations; ``None`` where it has none): a parameter that takes floats
-    (``float``, ``ArrayLike``, ``ScalarOrSchedule``) is a hyperparameter, a
-    number or a schedule of one; ``int``, ``bool``, dtypes, ``state_bits``,
-    masks and other callables stay static. Without an annotation, as in
-    Optax: numbers are hyperparameters and callables schedules.
-    """
-    if hint is not None and float not in _union_members(hint):
-        return "static"
-    if is_schedule(value):
-        return "schedule"
-    return "number" if _is_real_number(value) else "static"
-
-
-def _type_hints(
-    factory: Callable[..., Any], signature: inspect.Signature
-) -> dict[str, Any]:
-    """The factory's resolved annotations (a ``functools.partial``'s function's).
-
-    Where one annotation cannot be resolved (a forward reference to a name
-    the factory's module does not define), each is taken on its own, so that
-    the others still decide; the unresolved one is left out.
-    """
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    try:
-        return typing.get_type_hints(factory)
-    except Exception:  # noqa: BLE001 - resolved one by one below
-        pass
-    namespace = getattr(factory, "__globals__", {})
-    hints = {}
-    for name, param in signature.parameters.items():
-        hint = param.annotation
-        if hint is inspect.Parameter.empty:
-            continue
-        if isinstance(hint, str):
-            try:
-                hint = eval(hint, namespace)  # noqa: S307 - as get_type_hints does
-            except Exception:  # noqa: BLE001 - this one decides by value
-                continue
-        hints[name] = hint
-    return hints
-
-
-def _name(factory: Callable[..., Any]) -> str:
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    return getattr(factory, "__name__", None) or repr(factory)
-
-
-def inject_hyperparams(
-    factory: Callable[..., GradientTransformation],
-    static_args: str | tuple[str, ...] = (),
-    hyperparam_dtype: Any | None = None,
-) -> Callable[..., GradientTransformation]:
-    r"""Keep an optimizer's numeric hyperparameters in its state.
-
-    ``inject_hyperparams(adamx.adam)(learning_rate=1e-3)`` behaves like
-    ``adamx.adam(1e-3)``, but ``state.hyperparams["learning_rate"]`` holds the
-    rate, and a new value put there is used from the next step on, without
-    recompiling. A schedule argument is evaluated each step:
-
-    .. math:: h_t = s(t), \qquad (u_t, S_t) = f(h_t)(g_t, S_{t-1})
-
-    and its current value is readable in ``state.hyperparams``. Each update is
-    bitwise equal to the plain optimizer's in float32, given the same inputs:
-    the transforms do their arithmetic on hyperparameters in the dtype of the
-    computation whether the value is a Python float or an array. (Compiled
-    into one program with the rest of a training step, the plain optimizer's
-    hyperparameters are constants that XLA may fold into neighbouring
-    arithmetic; that can move the last bit of a step.)
-
-    Which arguments become hyperparameters is decided from the factory's
-    signature, by the types its annotations resolve to: a parameter that takes
-    a float (``float``, ``jax.typing.ArrayLike``, ``ScalarOrSchedule``) is
-    one, given a number or a schedule of one (defaults the call leaves out
-    included); everything else stays static: ``int`` and ``bool`` parameters,
-    dtypes, ``state_bits``, masks, and callables that are not schedules, as do
-    ``None`` values and the names in ``static_args``. A factory without
-    annotations is read as Optax reads every factory: numbers are
-    hyperparameters, callables schedules. Values are stored as strongly typed
-    0-d arrays of ``hyperparam_dtype`` (default: float32 for floats, int32 for
-    ints).
-
-    To change a value between steps, use :func:`set_hyperparams`, which keeps
-    the stored dtype: putting a Python float straight into the dict changes
-    the array's type and makes ``jax.jit`` trace the step again.
-
-    Args:
-        factory: a function returning a :class:`~adamx.GradientTransformation`,
-            such as :func:`adamx.adam`.
-        static_args: names of numeric arguments to keep out of the state.
-        hyperparam_dtype: dtype of float hyperparameters in the state.
-
-    Returns:
-        A function with the factory's arguments that returns a
-        :class:`~adamx.GradientTransformation` with state
-        :class:`InjectHyperparamsState`.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> tx = adamx.inject_hyperparams(adamx.sgd)(learning_rate=0.1)
-        >>> state = tx.init(jnp.zeros(2))
-        >>> state = adamx.set_hyperparams(state, learning_rate=0.5)
-        >>> tx.update(jnp.ones(2), state)[0]
-        Array([-0.5, -0.5], dtype=float32)
-    """
-    if not callable(factory):
-        raise TypeError(
-            f"factory must be a callable returning a transformation, got {factory!r}"
-        )
-    if isinstance(static_args, str):
-        static_args = (static_args,)
-    if not (
-        isinstance(static_args, (tuple, list))
-        and all(isinstance(a, str) for a in static_args)
-    ):
-        raise TypeError(
-            f"static_args must be a name or a sequence of names, got {static_args!r}"
-        )
-    hyperparam_dtype = checks.check_float_dtype("hyperparam_dtype", hyperparam_dtype)
-    name = _name(factory)
-    signature = inspect.signature(factory)
-    hints = _type_hints(factory, signature)
-    takes_any = any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
-    )
-    unknown = set(static_args) - set(signature.parameters)
-    if unknown and not takes_any:
-        raise ValueError(
-            f"static_args names {sorted(unknown)}, which {name} does not take; "
-            f"it takes {list(signature.parameters)}"
-        )
-
-    def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"inject_hyperparams({name}): {e}") from e
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        schedules: dict[str, Any] = {}
-        numeric: dict[str, Any] = {}
-        static: dict[str, Any] = {}
-        for arg, value in values.items():
-            role = "static" if arg in static_args else _role(hints.get(arg), value)
-            {"schedule": schedules, "number": numeric, "static": static}[role][arg] = (
-                value
-            )
-        # Built once as the first step builds it: this checks every value (a
-        # schedule's at step 0) at construction.
-        first = {k: f(jnp.zeros([], jnp.int32)) for k, f in schedules.items()}
-        built = factory(**static, **numeric, **first)
-        check_transformation(f"the result of factory {name}", built)
-
-        def as_stored(name: str, value: Any) -> jax.Array:
-            value = jnp.asarray(value)
-            if jnp.issubdtype(value.dtype, jnp.floating) or isinstance(
-                numeric.get(name, schedules.get(name)), float
-            ):
-                dtype = hyperparam_dtype or jnp.float32
-            else:
-                dtype = jnp.int32
-            return jnp.asarray(value, dtype=dtype)
-
-        def current(count: jax.Array, hyperparams: dict) -> dict:
-            out = dict(hyperparams)
-            for name, schedule in schedules.items():
-                out[name] = as_stored(name, schedule(count))
-            return out
-
-        def build(hyperparams: dict) -> GradientTransformation:
-            return factory(**static, **hyperparams)
-
-        def init_fn(params):
-            count = jnp.zeros([], jnp.int32)
-            hyperparams = {k: as_stored(k, v) for k, v in numeric.items()}
-            hyperparams = current(count, hyperparams)
-            return InjectHyperparamsState(
-                count=count,
-                hyperparams=hyperparams,
-                inner_state=build(hyperparams).init(params),
-            )
-
-        def update_fn(updates, state, params=None, **extra_args):
-            hyperparams = current(state.count, state.hyperparams)
-            inner = build(hyperparams)
-            updates, inner_state = call_update(
-                inner, updates, state.inner_state, params, extra_args
-            )
-            return updates, InjectHyperparamsState(
-                count=safe_increment(state.count),
-                hyperparams=hyperparams,
-                inner_state=inner_state,
-            )
-
-        return _like(built, init_fn, update_fn)
-
-    wrapped.__name__ = name
-    wrapped.__doc__ = factory.__doc__
-    return wrapped
-
-
-def _find_states(state: Any, kind: type) -> list:
+def _find_states(state: Any, kind: type | tuple[type, ...]) -> list:
+    """The nodes of ``state`` that are instances of ``kind``, outermost first."""
     found = []
 
     def visit(node: Any) -> None:
@@ -319,121 +77,6 @@ def _find_states(state: Any, kind: type) -> list:
 
     visit(state)
     return found
-
-
-# Ranges of the common hyperparameters, checked by set_hyperparams as the
-# factories check them at construction.
-_DECAYS = ("b1", "b2", "decay")
-_NONNEGATIVE = ("learning_rate", "eps", "eps_root", "weight_decay", "momentum")
-
-
-def _check_new_value(name: str, value: Any) -> None:
-    if name in _DECAYS:
-        checks.check_decay(name, value)
-    elif name in _NONNEGATIVE:
-        checks.check_nonnegative(name, value)
-    else:
-        checks.check_finite(name, value)
-
-
-def set_hyperparams(state: OptState, **values: Any) -> OptState:
-    """Return ``state`` with new hyperparameter values, keeping their stored dtypes.
-
-    Finds every :class:`InjectHyperparamsState` in ``state`` (so it works on a
-    chain or a wrapper around an injected optimizer) and replaces the named
-    values. Each new value is cast to the dtype already stored, so a jitted
-    step does not trace again. Values are checked as at construction (b1, b2
-    and decay in [0, 1); learning rate, eps, weight decay and momentum >= 0;
-    anything else finite). A name that no injected optimizer has raises
-    ``KeyError``.
-
-    Args:
-        state: an optimizer state containing an :class:`InjectHyperparamsState`.
-        **values: new values, e.g. ``learning_rate=1e-4``.
-
-    Returns:
-        The new state; ``state`` itself is not modified.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> tx = adamx.inject_hyperparams(adamx.adam)(learning_rate=1e-3)
-        >>> state = adamx.set_hyperparams(tx.init(jnp.zeros(2)), learning_rate=1e-4)
-        >>> state.hyperparams["learning_rate"]
-        Array(1.e-04, dtype=float32)
-    """
-    targets = _find_states(state, InjectHyperparamsState)
-    if not targets:
-        raise ValueError(
-            "state holds no InjectHyperparamsState: wrap the optimizer "
-            "with adamx.inject_hyperparams first"
-        )
-    known = set().union(*(t.hyperparams for t in targets))
-    missing = set(values) - known
-    if missing:
-        raise KeyError(
-            f"no injected hyperparameter named {sorted(missing)}; the state has "
-            f"{sorted(known)}"
-        )
-    for name, value in values.items():
-        _check_new_value(name, value)
-
-    def replace(node: Any) -> Any:
-        if isinstance(node, InjectHyperparamsState):
-            hp = dict(node.hyperparams)
-            for k, v in values.items():
-                if k in hp:
-                    hp[k] = jnp.asarray(v, dtype=hp[k].dtype)
-            return node._replace(hyperparams=hp, inner_state=replace(node.inner_state))
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return type(node)(*(replace(c) for c in node))
-        if isinstance(node, tuple):
-            return tuple(replace(c) for c in node)
-        if isinstance(node, dict):
-            return {k: replace(c) for k, c in node.items()}
-        return node
-
-    return replace(state)
-
-
-def get_learning_rate(state: OptState) -> jax.Array:
-    """The learning rate an optimizer used at its last step, read from its state.
-
-    Works for every adamx optimizer (their last stage,
-    :func:`~adamx.scale_by_learning_rate`, records it) and for
-    :func:`inject_hyperparams` states; no rebuilding of the schedule is needed.
-    Before the first step it is the rate the first step will use.
-
-    Args:
-        state: an optimizer state.
-
-    Returns:
-        A scalar float32 array.
-
-    Raises:
-        ValueError: if the state records no learning rate.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import adamx
-        >>> tx = adamx.adamw(adamx.linear_schedule(1.0, 0.0, transition_steps=10))
-        >>> params = jnp.zeros(2)
-        >>> state = tx.init(params)
-        >>> _, state = tx.update(jnp.ones(2), state, params)
-        >>> _, state = tx.update(jnp.ones(2), state, params)
-        >>> float(adamx.get_learning_rate(state))
-        0.9
-    """
-    found = _find_states(state, ScaleByLearningRateState)
-    if found:
-        return found[0].learning_rate
-    for injected in _find_states(state, InjectHyperparamsState):
-        if "learning_rate" in injected.hyperparams:
-            return jnp.asarray(injected.hyperparams["learning_rate"], jnp.float32)
-    raise ValueError(
-        "this state records no learning rate: it has no scale_by_learning_rate "
-        "stage and no injected 'learning_rate'"
-    )
 
 
 # ------------------------------------------------------------------ skipping steps
@@ -679,6 +322,7 @@ class MultiStepsState(NamedTuple):
     gradient_step: jax.Array  # shape=(), int32: real steps taken
     inner_opt_state: Any  # the wrapped optimizer's state
     acc_grads: Any  # like params (or accumulator dtype): sum of micro-gradients
+    skip_state: Any = ()  # what should_skip_update_fn returned last, else ()
 
 
 class MultiSteps:
@@ -694,11 +338,20 @@ class MultiSteps:
     one batch :math:`k` times larger. The extra memory is one buffer the size
     of the params.
 
+    A ``should_skip_update_fn`` (:func:`~adamx.skip_not_finite`,
+    :func:`~adamx.skip_large_updates` or any
+    :class:`~adamx.ShouldSkipUpdateFunction`) judges each micro-step: one it
+    rejects returns zeros and leaves the state as it was, as if it had not
+    happened, but for ``skip_state``, where the function's second output is
+    kept.
+
     Args:
         opt: the inner optimizer.
         every_k_schedule: :math:`k`, an int >= 1 or a function of the number
             of real steps taken that returns one.
         use_grad_mean: average the micro-gradients (else sum them).
+        should_skip_update_fn: ``(updates, gradient_step, params) -> (skip,
+            info)``, ``skip`` a bool of shape ``()``; ``None`` skips nothing.
         accumulator_dtype: dtype of the accumulator; ``None`` uses the
             params' dtype (float32 is the safe choice for bf16 params).
 
@@ -720,12 +373,19 @@ class MultiSteps:
         opt: GradientTransformation,
         every_k_schedule: int | Callable[[jax.Array], jax.Array],
         use_grad_mean: bool = True,
+        should_skip_update_fn: ShouldSkipUpdateFunction | None = None,
         accumulator_dtype: Any | None = None,
     ) -> None:
         check_transformation("opt", opt)
         if not callable(every_k_schedule):
             checks.check_positive_int("every_k_schedule", every_k_schedule)
         checks.check_bool("use_grad_mean", use_grad_mean)
+        if should_skip_update_fn is not None and not callable(should_skip_update_fn):
+            raise TypeError(
+                "should_skip_update_fn must be a function (updates, gradient_step, "
+                f"params) -> (skip, info), got {should_skip_update_fn!r}"
+            )
+        self._should_skip = should_skip_update_fn
         self._opt = opt
         self._every_k = every_k_schedule
         self._use_grad_mean = use_grad_mean
@@ -739,11 +399,19 @@ class MultiSteps:
 
     def init(self, params: Any) -> MultiStepsState:
         """Build the state: zero accumulator, the inner optimizer's state."""
+        gradient_step = jnp.zeros([], jnp.int32)
+        skip_state = ()
+        if self._should_skip is not None:
+            # The structure of what the test returns, from zero updates.
+            _, skip_state = self._should_skip(
+                tree_zeros_like(params), gradient_step, params
+            )
         return MultiStepsState(
             mini_step=jnp.zeros([], jnp.int32),
-            gradient_step=jnp.zeros([], jnp.int32),
+            gradient_step=gradient_step,
             inner_opt_state=self._opt.init(params),
             acc_grads=tree_zeros_like(params, self._acc_dtype),
+            skip_state=skip_state,
         )
 
     def update(
@@ -754,6 +422,8 @@ class MultiSteps:
         **extra_args: Any,
     ) -> tuple[Any, MultiStepsState]:
         """Accumulate ``updates``; on the k-th call, step the inner optimizer."""
+        if self._should_skip is not None:
+            return self._update_unless_skipped(updates, state, params, extra_args)
         k = self._k(state.gradient_step)
         acc = jax.tree.map(
             lambda a, g: (a + g.astype(a.dtype)).astype(a.dtype),
@@ -778,6 +448,7 @@ class MultiSteps:
                 gradient_step=safe_increment(state.gradient_step),
                 inner_opt_state=inner,
                 acc_grads=jax.tree.map(jnp.zeros_like, acc),
+                skip_state=state.skip_state,
             )
 
         def do_accumulate(_):
@@ -786,9 +457,43 @@ class MultiSteps:
                 gradient_step=state.gradient_step,
                 inner_opt_state=state.inner_opt_state,
                 acc_grads=acc,
+                skip_state=state.skip_state,
             )
 
         return jax.lax.cond(last, do_step, do_accumulate, None)
+
+    def _update_unless_skipped(
+        self,
+        updates: Any,
+        state: MultiStepsState,
+        params: Any,
+        extra_args: dict[str, Any],
+    ) -> tuple[Any, MultiStepsState]:
+        """``update``, run only if ``should_skip_update_fn`` accepts the micro-step."""
+        assert self._should_skip is not None
+        skip, skip_state = self._should_skip(updates, state.gradient_step, params)
+        skip = jnp.asarray(skip)
+        if skip.dtype != jnp.bool_ or skip.shape != ():
+            raise ValueError(
+                "should_skip_update_fn must return a bool of shape () first, got "
+                f"dtype {skip.dtype} and shape {skip.shape}"
+            )
+        state = state._replace(skip_state=skip_state)
+        plain = MultiSteps(
+            self._opt,
+            self._every_k,
+            self._use_grad_mean,
+            accumulator_dtype=self._acc_dtype,
+        )
+
+        def do_update(_):
+            return plain.update(updates, state, params, **extra_args)
+
+        def do_skip(_):
+            # Zeros, as at a micro-step that accumulates; the state as it was.
+            return tree_zeros_like(updates), state
+
+        return jax.lax.cond(skip, do_skip, do_update, None)
 
     def has_updated(self, state: MultiStepsState) -> jax.Array:
         """Whether the last call to ``update`` stepped the inner optimizer."""

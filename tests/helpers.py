@@ -18,6 +18,16 @@ OPTIMIZER_MODULES = (
     "prodigy",
     "sophia",
     "schedule_free",
+    "layerwise",
+    "adagrad",
+    "relatives",
+    "distance_over_gradients",
+    "parameter_free",
+    "sign",
+    "optimistic",
+    "noise",
+    "acprop",
+    "galore",
 )
 
 

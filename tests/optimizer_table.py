@@ -116,6 +116,15 @@ OPTIMIZERS: dict[str, Entry] = {
     ),
     "radam": _pair("radam", "state_bits elementwise", learning_rate=1e-2),
     "adabelief": _pair("adabelief", "state_bits elementwise", learning_rate=1e-2),
+    # ACProp centres its variance on the new mean, as the authors do; Optax's
+    # on the previous one (test_acprop.py maps one onto the other). Its moments
+    # take 32 or 16 bits: it divides by the stored variance alone, which a
+    # block code may round to zero.
+    "acprop": Entry(
+        lambda: adamx.acprop(1e-2, weight_decay=0.01),
+        None,
+        frozenset({"elementwise", "params", "frontier"}),
+    ),
     # Adam-mini (no Optax twin): one second moment per output neuron of the
     # matrices, per leaf for the vector (the default partition).
     # At 1e-2 the shared quadratic is far from solved after 100 steps, and
@@ -210,6 +219,38 @@ OPTIMIZERS: dict[str, Entry] = {
         lambda: optax.contrib.prodigy(0.5, weight_decay=0.1),
         frozenset({"optax", "state_bits", "elementwise", "params", "real", "variant"}),
     ),
+    # Parameter-free: DoG and DoWG (their first distance raised so that the
+    # checks' few steps move the params), COCOB, and D-Adapted AdamW with
+    # Optax's bias correction (the authors' numbers: test_parameter_free.py).
+    # DoG and DoWG without their L2 decay here: a decayed half-precision
+    # gradient is rounded eagerly but not always under jit, and their sum of
+    # squared norms, a scalar, shows that (test_distance_over_gradients.py
+    # decays).
+    "dog": Entry(
+        lambda: adamx.dog(1e-2, init_step=("heuristic", 0.1)),
+        lambda: optax.contrib.dog(1e-2, init_step=("heuristic", 0.1)),
+        frozenset({"optax", "elementwise", "params"}),
+    ),
+    "dowg": Entry(
+        lambda: adamx.dowg(1e-2, init_estim_sq_dist=1.0),
+        lambda: optax.contrib.dowg(1e-2, init_estim_sq_dist=1.0),
+        frozenset({"optax", "elementwise", "params"}),
+    ),
+    "cocob": Entry(
+        lambda: adamx.cocob(1e-2, alpha=10.0, weight_decay=0.01),
+        lambda: optax.contrib.cocob(1e-2, alpha=10.0, weight_decay=0.01),
+        frozenset({"optax", "elementwise", "params", "real"}),
+    ),
+    # Its moments keep Optax's names (exp_avg, ...), which test_storage's
+    # reading of moments by name does not know: its state_bits are tested in
+    # test_parameter_free.py.
+    "dadapt_adamw": Entry(
+        lambda: adamx.dadapt_adamw(
+            1e-2, estim_lr0=0.3, weight_decay=0.1, use_bias_correction=True
+        ),
+        lambda: optax.contrib.dadapt_adamw(1e-2, estim_lr0=0.3, weight_decay=0.1),
+        frozenset({"optax", "elementwise", "params", "real"}),
+    ),
     # Sophia with the Gauss-Newton-Bartlett estimator on the gradients (the
     # shared checks pass no obj_fn; test_sophia.py runs Hutchinson's with
     # one), a refresh every other step, b1 = 0.9 and gamma = 0.1 so that not
@@ -241,7 +282,36 @@ OPTIMIZERS: dict[str, Entry] = {
         None,
         frozenset({"state_bits", "params", "real"}),
     ),
+    # GaLore: Adam on rank-2 projections of the matrix (the 4 x 6 leaf), a
+    # fresh SVD every 10 steps. No Optax twin here: Optax's galore reads the
+    # dtype of a None leaf and fails on one; test_galore.py compares the two.
+    # Its moments take r min(m, n) numbers and its projector, at full
+    # precision, r max(m, n): state_bits (tested there) cannot bring the
+    # state to 0.4x, and 33 x 131's moments are too few to quantize.
+    "galore": Entry(
+        lambda **storage: adamx.galore(
+            1e-2, rank=2, update_proj_gap=10, scale=0.5, weight_decay=0.1, **storage
+        ),
+        None,
+        frozenset({"params", "real"}),
+    ),
     "lamb": _pair("lamb", "state_bits params", learning_rate=1e-2, weight_decay=0.01),
+    # LARS with the decay masked to the matrices, a larger trust coefficient
+    # than the default 1e-3 (so that 100 steps move the params) and Nesterov.
+    # Not frontier: from the zero params of the 8-bit check, its steps (the
+    # params' norm times 1e-3) leave the loss where it started.
+    "lars": _pair(
+        "lars",
+        "state_bits params",
+        learning_rate=1e-2,
+        weight_decay=1e-3,
+        weight_decay_mask=lambda p: jax.tree.map(lambda x: jnp.ndim(x) > 1, p),
+        trust_coefficient=0.1,
+        eps=1e-8,
+        momentum=0.8,
+        nesterov=True,
+    ),
+    "fromage": _pair("fromage", "params frontier", learning_rate=1e-2),
     "lion": _pair(
         "lion",
         "state_bits elementwise params mu_dtype",
@@ -279,6 +349,92 @@ OPTIMIZERS: dict[str, Entry] = {
         momentum=0.9,
         weight_decay_rate=0.01,
     ),
+    # Steps from gradient signs (adamx/sign.py).
+    "sign_sgd": _pair("sign_sgd", "elementwise", learning_rate=1e-2),
+    "signum": _pair(
+        "signum", "state_bits elementwise frontier", learning_rate=1e-2, beta=0.8
+    ),
+    # Optax's rprop returns each step one step late (its first is zero); adamx
+    # follows the authors and torch.optim.Rprop, against which, and against
+    # Optax's states, tests/test_sign.py checks it.
+    "rprop": Entry(
+        lambda **storage: adamx.rprop(1e-2, eta_plus=1.1, **storage),
+        None,
+        # Its state_bits are tested in tests/test_sign.py: the shared 8-bit
+        # check compares losses near zero, where Rprop's run ends.
+        frozenset({"elementwise", "real"}),
+    ),
+    # Optimistic gradients (adamx/optimistic.py).
+    "optimistic_gradient_descent": _pair(
+        "optimistic_gradient_descent",
+        "elementwise state_bits",
+        learning_rate=1e-2,
+        alpha=0.5,
+        beta=0.8,
+    ),
+    "optimistic_adam_v2": _pair(
+        "optimistic_adam_v2",
+        "state_bits elementwise mu_dtype frontier",
+        learning_rate=1e-2,
+        alpha=0.8,
+        beta=0.5,
+    ),
+    # The deprecated interface: the rate is the optimistic stage's alpha.
+    "optimistic_adam": _pair(
+        "optimistic_adam",
+        "state_bits elementwise mu_dtype variant",
+        learning_rate=1e-2,
+        optimism=0.02,
+        nesterov=False,
+    ),
+    # Gradient noise (adamx/noise.py): Optax's draws for the same key.
+    "noisy_sgd": _pair("noisy_sgd", "", learning_rate=1e-2, eta=0.01, key=0),
+    # AdaGrad and its kin (adamx/adagrad.py), Adam's relatives
+    # (adamx/relatives.py). Their state fields are Optax's (sum_of_squares,
+    # e_g, m, ...), not the moment names test_storage reads, so only Yogi takes
+    # the shared state_bits checks; test_adagrad.py and test_relatives.py run
+    # the others at 16, 8 and 4 bits (MADGRAD's sums stay at 32).
+    "adagrad": _pair(
+        "adagrad",
+        "elementwise frontier",
+        learning_rate=1e-2,
+        initial_accumulator_value=0.01,
+    ),
+    # Not frontier: its bfloat16 moments (the params' dtype) hold back
+    # Kahan-summed bfloat16 params (test_precision), 15% from float32's run.
+    "adadelta": _pair(
+        "adadelta",
+        "elementwise params real",
+        learning_rate=1e-2,
+        rho=0.8,
+        eps=1e-4,
+        weight_decay=0.01,
+    ),
+    "sm3": _pair("sm3", "real frontier", learning_rate=1e-2, momentum=0.5),
+    # Optax rounds MADGRAD's lambda_k to float32 under float64 params, adamx
+    # does not (the authors' numbers): compared in test_adagrad.py. Not
+    # frontier: its sums stay at 32 bits (they give the params themselves).
+    "madgrad": Entry(
+        lambda: adamx.madgrad(1e-2, weight_decay=0.01),
+        None,
+        frozenset({"elementwise", "params", "real"}),
+    ),
+    "yogi": _pair(
+        "yogi", "state_bits elementwise frontier", learning_rate=1e-2, b1=0.8
+    ),
+    # b2 = 0.5, where Optax's 1 - b2 and the authors' b2 (adamx's) agree;
+    # b1 = 0.9, which 8-bit codes resolve (see docs/api/relatives.md).
+    "adan": _pair(
+        "adan",
+        "elementwise params frontier",
+        learning_rate=1e-2,
+        b1=0.9,
+        b2=0.5,
+        weight_decay=0.01,
+    ),
+    "novograd": _pair(
+        "novograd", "params frontier", learning_rate=1e-2, weight_decay=0.01
+    ),
     # Wrappers and combinators around optimizers of the table.
     # Injected floats kept in the default float dtype by both (adamx keeps
     # float32 unless told otherwise, Optax the values' own dtype).
@@ -311,6 +467,12 @@ OPTIMIZERS: dict[str, Entry] = {
         ).gradient_transformation(),
         None,
         frozenset({"state_bits", "elementwise", "wrapped"}),
+    ),
+    # Mechanic learning the scale of Adam's steps.
+    "mechanize_adam": Entry(
+        lambda **storage: adamx.mechanize(adamx.adam(1e-2, **storage)),
+        lambda: optax.contrib.mechanize(optax.adam(1e-2)),
+        frozenset({"optax", "state_bits", "elementwise", "params", "real", "wrapped"}),
     ),
     # C-AdamW: AdamW whose steps against the gradient are masked.
     "cautious_adamw": Entry(

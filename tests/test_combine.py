@@ -247,6 +247,80 @@ def test_extra_args_with_an_unhashable_update_callable():
     np.testing.assert_allclose(updates, [2.0, -4.0])
 
 
+# ------------------------------------------------ stateless, extra-args support
+
+
+def _decay_by_params(updates, params):
+    if params is None:
+        return jax.tree.map(lambda g: 0.5 * g, updates)
+    return jax.tree.map(lambda g, p: g + 0.01 * jnp.sin(p), updates, params)
+
+
+def _leaf_decay(g, p):
+    return 0.5 * g if p is None else g + 0.01 * jnp.sin(p)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (adamx.stateless(_decay_by_params), optax.stateless(_decay_by_params)),
+        (
+            adamx.stateless_with_tree_map(_leaf_decay),
+            optax.stateless_with_tree_map(_leaf_decay),
+        ),
+    ],
+    ids=["stateless", "stateless_with_tree_map"],
+)
+def test_stateless_matches_optax_over_100_steps(ours, theirs, x64):
+    params = make_params()
+    got, state = run(adamx.chain(ours, adamx.adam(1e-2)), params, steps=100)
+    want, _ = run(
+        optax.chain(theirs, optax.adam(1e-2)),
+        params,
+        steps=100,
+        apply_updates=optax.apply_updates,
+    )
+    chex.assert_trees_all_close(got, want, **F64)
+    assert_moved(got, params)
+    assert state[0] == adamx.EmptyState()
+    # Without params, f gets None.
+    g = grad(params)
+    chex.assert_trees_all_close(
+        ours.update(g, ours.init(params), value=1.0)[0],
+        theirs.update(g, theirs.init(params))[0],
+        **F64,
+    )
+
+
+def test_with_extra_args_support_lets_a_plain_update_take_extra_args(x64):
+    plain = optax.scale_by_adam()  # a GradientTransformation, no **extra_args
+    tx = adamx.with_extra_args_support(plain)
+    assert isinstance(tx, adamx.GradientTransformationExtraArgs)
+    params = make_params()
+    ours = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.array(1.0)))
+    theirs = jax.jit(plain.update)
+    state, theirs_state = tx.init(params), plain.init(params)
+    for _ in range(100):
+        g = grad(params)
+        updates, state = ours(g, state, params)
+        want, theirs_state = theirs(g, theirs_state, params)
+        chex.assert_trees_all_close(updates, want, **F64)
+        params = adamx.apply_updates(params, jax.tree.map(lambda u: -0.01 * u, updates))
+    with pytest.raises(TypeError):
+        plain.update(g, theirs_state, params, value=1.0)
+
+
+def test_with_extra_args_support_keeps_updates_that_take_them():
+    chained = adamx.chain(adamx.scale(2.0))
+    assert adamx.with_extra_args_support(chained) is chained
+    seen = []
+    tx = adamx.with_extra_args_support(scale_by_value(seen))
+    assert isinstance(tx, adamx.GradientTransformationExtraArgs)
+    updates, _ = tx.update(jnp.ones(2), tx.init(None), value=3.0)
+    np.testing.assert_array_equal(updates, [3.0, 3.0])
+    assert seen == [["value"]]
+
+
 # ------------------------------------------------------------- named_chain
 
 
@@ -592,3 +666,28 @@ def test_add_decayed_weights_decays_only_where_the_mask_is_true(mask, full_mask)
     for u, g, p, m in zip(*leaves, strict=True):
         expected = np.asarray(g) + 0.1 * np.asarray(p) if m else np.asarray(g)
         np.testing.assert_allclose(u, expected, rtol=1e-6)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Module:
+    """A callable pytree, as an Equinox module is: its fields are its leaves."""
+
+    w: object
+    b: object
+
+    def __call__(self, params):
+        raise AssertionError("a callable pytree mask must not be called")
+
+
+def test_a_callable_pytree_mask_is_a_tree_as_in_optax():
+    params = _Module(w=jnp.ones(2), b=jnp.ones(2))
+    grads = _Module(w=jnp.full(2, 3.0), b=jnp.full(2, 3.0))
+    mask = _Module(w=True, b=False)
+    ours = adamx.masked(adamx.scale(2.0), mask)
+    theirs = optax.masked(optax.scale(2.0), mask)
+    got, _ = ours.update(grads, ours.init(params), params)
+    want, _ = theirs.update(grads, theirs.init(params), params)
+    np.testing.assert_array_equal(got.w, [6.0, 6.0])
+    np.testing.assert_array_equal(got.b, [3.0, 3.0])
+    chex.assert_trees_all_equal(got, want)

@@ -216,8 +216,44 @@ def test_optax_tree_get_finds_moments_and_learning_rate():
     state = _adam_state_after_one_step()
     mu = optax.tree_utils.tree_get(state, "mu")
     assert jax.tree.structure(mu) == jax.tree.structure(_params(jnp.float32))
-    np.testing.assert_allclose(optax.tree_utils.tree_get(state, "learning_rate"), 0.1)
+    np.testing.assert_allclose(optax.tree_utils.tree_get(state, "rate"), 0.1)
+    # As in Optax's own adam state, no field is named "learning_rate".
+    assert optax.tree_utils.tree_get(state, "learning_rate") is None
 
 
 def test_optax_tree_get_count_as_with_optax_adam():
     assert int(optax.tree_utils.tree_get(_adam_state_after_one_step(), "count")) == 1
+
+
+def test_optax_tree_get_finds_the_injected_learning_rate():
+    # Optax's lookup by name must see one "learning_rate": the injected one.
+    params = {"w": jnp.ones(2)}
+    state = adamx.inject_hyperparams(adamx.adam)(42.0).init(params)
+    assert float(optax.tree.get(state, "learning_rate")) == 42.0
+    theirs = optax.inject_hyperparams(optax.adam)(42.0).init(params)
+    assert float(optax.tree.get(theirs, "learning_rate")) == 42.0
+    # The last stage still records the rate, under its own name.
+    assert float(adamx.get_learning_rate(adamx.adam(0.5).init(params))) == 0.5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: adamx.chain(adamx.scale(1.0)),
+        lambda: adamx.named_chain(("s", adamx.scale(1.0))),
+        lambda: adamx.adam(0.1),
+        lambda: adamx.masked(adamx.scale(1.0), {"w": True}),
+        lambda: adamx.partition({"a": adamx.scale(1.0)}, {"w": "a"}),
+        lambda: adamx.inject_hyperparams(adamx.sgd)(0.1),
+        lambda: adamx.apply_if_finite(adamx.sgd(0.1), 3),
+    ],
+    ids=["chain", "named_chain", "adam", "masked", "partition", "inject", "finite"],
+)
+def test_combinators_are_extra_args_transformations_and_forward_them(make):
+    tx = make()
+    assert isinstance(tx, adamx.GradientTransformationExtraArgs)
+    assert isinstance(tx, adamx.GradientTransformation)
+    params = {"w": jnp.ones(2)}
+    plain, _ = tx.update(params, tx.init(params), params)
+    extra, _ = tx.update(params, tx.init(params), params, value=1.0, unused=2)
+    np.testing.assert_array_equal(plain["w"], extra["w"])

@@ -221,3 +221,27 @@ def test_argument_names_order_and_defaults_follow_optax():
                 assert default == p.default, f"{name}.{pname} default differs"
         positional = [k for k, p in theirs.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
         assert list(ours)[: len(positional)] == positional, name
+
+
+@pytest.mark.parametrize("mode", ["hard", "smooth", "refined"])
+def test_scale_by_lion_modes_match_optax(x64, mode):
+    ours = adamx.scale_by_lion(b1=0.8, mode=mode, smooth_beta=2.0)
+    theirs = optax.scale_by_lion(b1=0.8, mode=mode, smooth_beta=2.0)
+    params = jnp.array([0.3, -2.0, 0.0, 0.7, 1.5])
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    for i in range(100):
+        grads = jnp.sin(params * (i + 1))
+        u_ours, s_ours = ours.update(grads, s_ours)
+        u_theirs, s_theirs = theirs.update(grads, s_theirs)
+        np.testing.assert_allclose(u_ours, u_theirs, rtol=1e-12, atol=1e-12)
+    # Only "hard" is the sign; the others leave small entries unsaturated.
+    magnitudes = np.abs(np.asarray(u_ours))
+    unsaturated = np.any((magnitudes > 0) & (magnitudes < 1))
+    assert unsaturated == (mode != "hard"), magnitudes
+
+
+def test_scale_by_lion_refuses_an_unknown_mode_and_a_bad_slope():
+    with pytest.raises(ValueError, match="mode must be"):
+        adamx.scale_by_lion(mode="soft")
+    with pytest.raises(ValueError, match="smooth_beta"):
+        adamx.scale_by_lion(mode="smooth", smooth_beta=0.0)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 from helpers import OPTIMIZER_MODULES
 
 import adamx
@@ -184,6 +185,18 @@ def adabelief_ref(
     return p - lr * mhat / (np.sqrt(shat) + eps)
 
 
+def acprop_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, weight_decay=0.0
+):
+    """Zhuang et al. (2021), Algorithm 2: g_t over the RMS of the previous
+    steps' g - m (centred on the new mean); the first step is g_1 itself."""
+    shat = s["s"] / (1 - b2 ** (t - 1)) if t > 1 else 1.0
+    step = g / (np.sqrt(shat) + eps)
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    s["s"] = b2 * s.get("s", 0.0) + (1 - b2) * (g - m) ** 2 + eps_root
+    return p - lr * (step + weight_decay * p)
+
+
 def lamb_ref(
     p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0
 ):
@@ -304,6 +317,42 @@ def sgd_ref(p, g, s, t, lr, momentum=None, nesterov=False):
     return p - lr * (g + momentum * m if nesterov else m)
 
 
+def lars_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    weight_decay=0.0,
+    trust_coefficient=0.001,
+    eps=0.0,
+    momentum=0.9,
+    nesterov=False,
+):
+    """You et al. (2017), Algorithm 1, in Optax's form: the trust ratio of the
+    decayed gradient (norm of g + wd p, not |g| + wd |p|), 1 where a norm is
+    0, and momentum over the lr-scaled steps."""
+    d = g + weight_decay * p
+    p_norm, d_norm = np.linalg.norm(p), np.linalg.norm(d)
+    ratio = (
+        1.0
+        if p_norm == 0 or d_norm == 0
+        else trust_coefficient * p_norm / (d_norm + eps)
+    )
+    step = lr * ratio * d
+    m = s["m"] = step + momentum * s.get("m", 0.0)
+    return p - (step + momentum * m if nesterov else m)
+
+
+def fromage_ref(p, g, s, t, lr, min_norm=1e-6):
+    """Bernstein et al. (2020), Algorithm 1, as the authors' code
+    (jxbz/fromage) runs it, with Optax's floor on both norms."""
+    p_norm = max(np.linalg.norm(p), min_norm)
+    g_norm = max(np.linalg.norm(g), min_norm)
+    ratio = 1.0 if p_norm == 0 or g_norm == 0 else p_norm / g_norm
+    return (p - lr * ratio * g) / np.sqrt(1 + lr**2)
+
+
 def rmsprop_ref(
     p,
     g,
@@ -385,7 +434,254 @@ def adafactor_ref(
     return p - u
 
 
+def adagrad_ref(p, g, s, t, lr, initial_accumulator_value=0.1, eps=1e-7):
+    """Duchi et al. (2011), diagonal AdaGrad, with ``eps`` inside the root and
+    the sum started at ``initial_accumulator_value`` as Optax has them."""
+    acc = s["acc"] = s.get("acc", initial_accumulator_value) + g * g
+    return p - lr * np.where(acc > 0, g / np.sqrt(acc + eps), 0.0)
+
+
+def adadelta_ref(
+    p, g, s, t, lr, rho=0.9, eps=1e-6, weight_decay=0.0, weight_decay_mask=None
+):
+    """Zeiler (2012), Algorithm 1, the step times ``lr``; the weight decay
+    joins the gradient first, as in Optax."""
+    g = g + weight_decay * p
+    eg = s["eg"] = rho * s.get("eg", 0.0) + (1 - rho) * g * g
+    dx = np.sqrt(s.get("ex", 0.0) + eps) / np.sqrt(eg + eps) * g
+    s["ex"] = rho * s.get("ex", 0.0) + (1 - rho) * dx * dx
+    return p - lr * dx
+
+
+def sm3_ref(p, g, s, t, lr, momentum=0.9):
+    """Anil et al. (2019), SM3-II over the rows and columns of a matrix (one
+    sum per entry of a vector), momentum on the scaled gradient as in the
+    authors' code; Optax's eps = 1e-8 inside the root, 0 / 0 taken as 0."""
+    if p.ndim == 2:
+        rows = s.get("rows", np.zeros(p.shape[0]))
+        cols = s.get("cols", np.zeros(p.shape[1]))
+        acc = g * g + np.minimum(rows[:, None], cols[None, :])
+        s["rows"], s["cols"] = acc.max(axis=1), acc.max(axis=0)
+    else:
+        acc = s["acc"] = s.get("acc", 0.0) + g * g
+    scaled = np.where(acc > 0, g / np.sqrt(acc + 1e-8), 0.0)
+    m = s["m"] = momentum * s.get("m", 0.0) + (1 - momentum) * scaled
+    return p - lr * m
+
+
+def madgrad_ref(p, g, s, t, lr, momentum=0.9, weight_decay=0.0, eps=1e-6):
+    """Defazio & Jelassi (2021), Algorithm 1, as the authors' code
+    (facebookresearch/madgrad) runs it: lambda = (lr + eps) sqrt(k + 1), the
+    cube root plus eps, the decay added to the gradient."""
+    g = g + weight_decay * p
+    x0 = s.setdefault("x0", p.copy())
+    lamb = (lr + eps) * np.sqrt(t)
+    gsq = s["gsq"] = s.get("gsq", 0.0) + lamb * g * g
+    total = s["s"] = s.get("s", 0.0) + lamb * g
+    z = x0 - total / (np.cbrt(gsq) + eps)
+    return momentum * p + (1 - momentum) * z
+
+
+def yogi_ref(p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-3):
+    """Zaheer et al. (2018), Algorithm 2, with Optax's conventions: both
+    moments start at 1e-6 and are debiased as Adam's."""
+    m = s["m"] = b1 * s.get("m", 1e-6) + (1 - b1) * g
+    v = s.get("v", 1e-6)
+    v = s["v"] = v - (1 - b2) * np.sign(v - g * g) * g * g
+    return p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+
+
+def adan_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    b1=0.98,
+    b2=0.92,
+    b3=0.99,
+    eps=1e-8,
+    eps_root=1e-8,
+    weight_decay=0.0,
+    mask=None,
+):
+    """Xie et al. (2022), Algorithm 1, as the authors' code (sail-sg/Adan,
+    no_prox=True) runs it: its betas are one minus the paper's, so the
+    difference of gradients enters with weight b2."""
+    diff = g - s["prev"] if t > 1 else np.zeros_like(g)
+    s["prev"] = g
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * diff
+    n = s["n"] = b3 * s.get("n", 0.0) + (1 - b3) * (g + b2 * diff) ** 2
+    denom = np.sqrt(n / (1 - b3**t) + eps_root) + eps
+    step = (m / (1 - b1**t) + b2 * v / (1 - b2**t)) / denom
+    return p * (1 - lr * weight_decay) - lr * step
+
+
+def novograd_ref(
+    p, g, s, t, lr, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0
+):
+    """Ginsburg et al. (2019), Algorithm 1, one second moment per parameter
+    array; as in Optax, eps also guards the first step."""
+    sq = np.sum(g * g)
+    v = s["v"] = sq if t == 1 else b2 * s["v"] + (1 - b2) * sq
+    step = g / (np.sqrt(v + eps_root) + eps) + weight_decay * p
+    m = s["m"] = step if t == 1 else b1 * s["m"] + step
+    return p - lr * m
+
+
+def sign_sgd_ref(p, g, s, t, lr):
+    """Bernstein et al. (2018), Algorithm 1 (signSGD)."""
+    return p - lr * np.sign(g)
+
+
+def signum_ref(p, g, s, t, lr, beta=0.9):
+    """Bernstein et al. (2018), Algorithm 2 (Signum): the sign of the momentum
+    m = beta m + (1 - beta) g, not debiased."""
+    m = s["m"] = beta * s.get("m", 0.0) + (1 - beta) * g
+    return p - lr * np.sign(m)
+
+
+def rprop_ref(
+    p, g, s, t, lr, eta_minus=0.5, eta_plus=1.2, min_step_size=1e-6, max_step_size=50.0
+):
+    """Igel & Huesken (2003), iRprop-: after a change of sign the step size
+    shrinks, the parameter stays and the stored gradient is zeroed."""
+    step = s.get("step", np.full_like(p, lr))
+    agree = g * s.get("g", 0.0)
+    step = np.where(
+        agree > 0,
+        np.minimum(step * eta_plus, max_step_size),
+        np.where(agree < 0, np.maximum(step * eta_minus, min_step_size), step),
+    )
+    g = np.where(agree < 0, 0.0, g)
+    s["step"], s["g"] = step, g
+    return p - step * np.sign(g)
+
+
+def optimistic_gradient_descent_ref(p, g, s, t, lr, alpha=1.0, beta=1.0):
+    """Mokhtari et al. (2020), generalized OGD; g_0 = g_1 (no previous gradient)."""
+    last = s.get("g", g)
+    s["g"] = g
+    return p - lr * ((alpha + beta) * g - beta * last)
+
+
+def _optimistic_adam_step(g, s, t, alpha, beta, b1, b2, eps, eps_root, nesterov):
+    """Daskalakis et al. (2018)'s optimism on Adam's step r_t (Optax's form)."""
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g**2
+    mhat = _nesterov_mhat(m, g, b1, t) if nesterov else m / (1 - b1**t)
+    r = mhat / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
+    last = s.get("r", r)
+    s["r"] = r
+    return (alpha + beta) * r - beta * last
+
+
+def optimistic_adam_v2_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    alpha=1.0,
+    beta=1.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    nesterov=True,
+):
+    step = _optimistic_adam_step(g, s, t, alpha, beta, b1, b2, eps, eps_root, nesterov)
+    return p - lr * step
+
+
+def optimistic_adam_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    optimism=None,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    nesterov=True,
+):
+    """Optax's first interface: the rate weighs r_t, the optimism its change."""
+    o = lr if optimism is None else optimism
+    return p - _optimistic_adam_step(g, s, t, lr, o, b1, b2, eps, eps_root, nesterov)
+
+
+def galore_ref(
+    p,
+    g,
+    s,
+    t,
+    lr,
+    rank=128,
+    update_proj_gap=200,
+    scale=1.0,
+    weight_decay=0.0,
+    proj_type="reverse_std",
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+):
+    """Zhao et al. (2024): the authors' GaLoreProjector (its proj_type sides,
+    a float32 SVD every update_proj_gap steps from the first), with Optax's
+    default base optimizer, Adam, on the projections and Optax's decay of the
+    unstepped params. A matrix of a shorter side than the rank keeps it all.
+
+    The SVD is SciPy's LAPACK routine, the one JAX calls on CPU, so that the
+    singular vectors' signs (which the moments carry across refreshes) agree.
+    """
+    matrix = np.ndim(p) == 2
+    if matrix:
+        rows, cols = g.shape
+        left = {"reverse_std": rows >= cols, "std": rows < cols}.get(
+            proj_type, proj_type == "left"
+        )
+        if (t - 1) % update_proj_gap == 0:
+            u, _, vh = scipy.linalg.svd(g.astype(np.float32), full_matrices=False)
+            s["P"] = (u[:, :rank] if left else vh[:rank].T).astype(np.float64)
+        r = s["P"].T @ g if left else g @ s["P"]
+    else:
+        r = g
+    m = s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * r
+    v = s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * r**2
+    n = m / (1 - b1**t) / (np.sqrt(v / (1 - b2**t)) + eps)
+    if matrix:
+        n = scale * (s["P"] @ n if left else n @ s["P"].T)
+    return p - lr * (n + weight_decay * p)
+
+
+def cocob_ref(p, g, s, t, lr, alpha=100.0, eps=1e-8, weight_decay=0.0):
+    """Orabona & Tommasi (2017), Algorithm 2, as the authors' TensorFlow code
+    (bremen79/cocob) runs it: L starts at eps, and the last bet stands for
+    w_t - w_1. The learning rate and an L2 decay scale the gradient it bets
+    on, as Optax has them."""
+    g = -lr * (g + weight_decay * p)  # the paper's g is the negative gradient
+    L, G = s.get("L", eps), s.get("G", 0.0)
+    R, theta = s.get("R", 0.0), s.get("theta", 0.0)
+    bet = s.get("bet", 0.0)
+    L = s["L"] = np.maximum(L, np.abs(g))
+    G = s["G"] = G + np.abs(g)
+    R = s["R"] = np.maximum(R + bet * g, 0.0)
+    theta = s["theta"] = theta + g
+    new_bet = s["bet"] = theta / (L * np.maximum(G + L, alpha * L)) * (L + R)
+    return p - bet + new_bet
+
+
 REFERENCES = {
+    "adagrad": adagrad_ref,
+    "adadelta": adadelta_ref,
+    "sm3": sm3_ref,
+    "madgrad": madgrad_ref,
+    "scale_by_madgrad": madgrad_ref,
+    "yogi": yogi_ref,
+    "adan": adan_ref,
+    "novograd": novograd_ref,
     "adam": adam_ref,
     "adamw": functools.partial(adam_ref, weight_decay=1e-4),
     "nadam": functools.partial(adam_ref, nesterov=True),
@@ -395,6 +691,7 @@ REFERENCES = {
     "adamaxw": functools.partial(adamax_ref, weight_decay=1e-4),
     "radam": radam_ref,
     "adabelief": adabelief_ref,
+    "acprop": acprop_ref,
     "lamb": lamb_ref,
     "lion": lion_ref,
     "adopt": adopt_ref,
@@ -402,15 +699,50 @@ REFERENCES = {
     "mars": mars_ref,
     "stable_adamw": stable_adamw_ref,
     "sgd": sgd_ref,
+    "lars": lars_ref,
+    "fromage": fromage_ref,
     "rmsprop": rmsprop_ref,
     "adafactor": adafactor_ref,
+    "cocob": cocob_ref,
+    "sign_sgd": sign_sgd_ref,
+    "signum": signum_ref,
+    "rprop": rprop_ref,
+    "optimistic_gradient_descent": optimistic_gradient_descent_ref,
+    "optimistic_adam_v2": optimistic_adam_v2_ref,
+    "optimistic_adam": optimistic_adam_ref,
+    "galore": galore_ref,
 }
 
 LEARNING_RATES = {"sgd": 0.05, "lion": 1e-3, "rmsprop": 1e-3, "adafactor": 3e-3}
+# AdaDelta's paper has no rate: 1 is its own method.
+LEARNING_RATES["adadelta"] = 1.0
+# LARS's steps are the trust coefficient (1e-3) times the rate.
+LEARNING_RATES["lars"] = 1.0
 DEFAULT_LR = 1e-2
 
 # (optimizer, non-default hyperparameters). The empty dict pins the defaults.
 CASES = [
+    ("adagrad", {}),
+    ("adagrad", {"initial_accumulator_value": 0.0, "eps": 1e-4}),
+    ("adadelta", {}),
+    ("adadelta", {"rho": 0.5, "eps": 1e-3, "weight_decay": 0.1}),
+    ("cocob", {}),
+    ("cocob", {"alpha": 10.0, "eps": 1e-4, "weight_decay": 0.1}),
+    ("sm3", {}),
+    ("sm3", {"momentum": 0.0}),
+    ("madgrad", {}),
+    ("madgrad", {"momentum": 0.0, "weight_decay": 0.05}),
+    ("madgrad", {"momentum": 0.5, "eps": 1e-3}),
+    ("scale_by_madgrad", {}),
+    ("yogi", {}),
+    ("yogi", {"b1": 0.5, "b2": 0.9, "eps": 1e-6}),
+    ("adan", {}),
+    (
+        "adan",
+        {"b1": 0.9, "b2": 0.8, "b3": 0.95, "eps_root": 0.0, "weight_decay": 0.1},
+    ),
+    ("novograd", {}),
+    ("novograd", {"b1": 0.5, "b2": 0.9, "eps_root": 1e-4, "weight_decay": 0.1}),
     ("adam", {}),
     ("adam", {"b1": 0.5, "b2": 0.9, "eps": 1e-3}),
     ("adam", {"eps_root": 1e-4}),
@@ -436,6 +768,9 @@ CASES = [
     ("adabelief", {}),
     ("adabelief", {"b1": 0.8, "b2": 0.99, "eps": 1e-6, "eps_root": 1e-8}),
     ("adabelief", {"nesterov": True}),
+    ("acprop", {}),
+    ("acprop", {"b1": 0.8, "b2": 0.99, "eps": 1e-8, "eps_root": 1e-10}),
+    ("acprop", {"b1": 0.5, "weight_decay": 0.1}),
     ("lamb", {}),
     ("lamb", {"weight_decay": 0.1, "eps": 1e-8}),
     ("lamb", {"eps_root": 1e-4}),
@@ -453,6 +788,20 @@ CASES = [
     ("lion", {"b1": 0.95, "b2": 0.98, "weight_decay": 0.1}),
     ("lion", {"weight_decay": 0.0}),
     ("sgd", {}),
+    ("lars", {}),
+    (
+        "lars",
+        {
+            "weight_decay": 0.01,
+            "trust_coefficient": 0.02,
+            "eps": 1e-3,
+            "nesterov": True,
+        },
+    ),
+    ("lars", {"momentum": 0.5, "trust_coefficient": 0.01}),
+    ("fromage", {}),
+    ("fromage", {"min_norm": 0.0}),
+    ("fromage", {"min_norm": 0.5}),
     ("sgd", {"momentum": 0.9}),
     ("sgd", {"momentum": 0.5, "nesterov": True}),
     ("rmsprop", {}),
@@ -487,6 +836,34 @@ CASES = [
             "factored": False,
         },
     ),
+    ("sign_sgd", {}),
+    ("signum", {}),
+    ("signum", {"beta": 0.5}),
+    ("rprop", {}),
+    (
+        "rprop",
+        {
+            "eta_minus": 0.3,
+            "eta_plus": 1.5,
+            "min_step_size": 1e-3,
+            "max_step_size": 0.03,
+        },
+    ),
+    ("optimistic_gradient_descent", {}),
+    ("optimistic_gradient_descent", {"alpha": 0.5, "beta": 2.0}),
+    ("optimistic_adam_v2", {}),
+    (
+        "optimistic_adam_v2",
+        {"alpha": 0.5, "beta": 0.2, "eps_root": 1e-8, "nesterov": False},
+    ),
+    ("optimistic_adam", {}),
+    ("optimistic_adam", {"optimism": 0.05, "nesterov": False}),
+    # The reference's matrix is 5 x 3: Optax's side (reverse_std) projects its
+    # columns, the authors' default (std) its rows; rank 2 truncates.
+    ("galore", {}),
+    ("galore", {"rank": 2, "update_proj_gap": 10, "scale": 0.5, "weight_decay": 0.1}),
+    ("galore", {"rank": 2, "update_proj_gap": 7, "proj_type": "std"}),
+    ("galore", {"rank": 1, "update_proj_gap": 3, "proj_type": "right", "scale": 2.0}),
 ]
 
 
@@ -606,6 +983,16 @@ ORACLE_TESTS: dict[str, str] = {
     "sophia": "test_sophia.py",
     "schedule_free_adamw": "test_schedule_free.py",
     "schedule_free_sgd": "test_schedule_free.py",
+    # Step sizes from sums over the whole tree, which the references' leaf
+    # steps cannot see: NumPy transcriptions of the authors' code there.
+    "dog": "test_distance_over_gradients.py",
+    "dowg": "test_distance_over_gradients.py",
+    "dadapt_adamw": "test_parameter_free.py",
+    # Takes the initial step size first; checked against Optax's states and
+    # torch.optim.Rprop there.
+    "scale_by_rprop": "test_sign.py",
+    # Optax's draws for the same key (jax.random, split per leaf).
+    "noisy_sgd": "test_noise.py",
 }
 
 
@@ -653,6 +1040,8 @@ def _linear_lr(init_value, end_value, transition_steps):
 # rmsprop's momentum acts on the lr-scaled step and adamw's decay is scaled by
 # the lr, so a changing lr tells those orders apart.
 SCHEDULE_CASES = [
+    # MADGRAD weighs each step's gradient by its rate, inside the step.
+    ("madgrad", {}),
     ("adam", {}),
     ("adamw", {"weight_decay": 0.1}),
     ("adopt", {}),
@@ -664,6 +1053,8 @@ SCHEDULE_CASES = [
     ("lion", {}),
     ("sgd", {"momentum": 0.9}),
     ("rmsprop", {"momentum": 0.9}),
+    ("lars", {"weight_decay": 0.01}),
+    ("fromage", {}),
 ]
 
 

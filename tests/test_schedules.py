@@ -1,11 +1,12 @@
-"""Tests for adamx.schedules: agreement with Optax, closed forms, bad input."""
+"""Tests for adamx.schedules and adamx.joined_schedules: agreement with Optax,
+closed forms, bad input."""
 
 from __future__ import annotations
 
 import inspect
 import math
 from collections.abc import Callable
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import jax
@@ -14,23 +15,35 @@ import numpy as np
 import optax
 import pytest
 
-from adamx import schedules
+import adamx
+from adamx import joined_schedules, schedules
 
-PUBLIC_NAMES = [
+# The schedules of one curve each, and those made of phases.
+PLAIN_NAMES = [
     "constant_schedule",
     "cosine_decay_schedule",
-    "cosine_onecycle_schedule",
     "exponential_decay",
-    "join_schedules",
-    "linear_onecycle_schedule",
     "linear_schedule",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
+]
+JOINED_NAMES = [
+    "cosine_onecycle_schedule",
+    "join_schedules",
+    "linear_onecycle_schedule",
     "sgdr_schedule",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
+    "warmup_exponential_decay_schedule",
 ]
+PUBLIC_NAMES = sorted(PLAIN_NAMES + JOINED_NAMES)
+
+# adamx's schedules, from both modules, under the names the builders below use.
+ADAMX = SimpleNamespace(
+    **{name: getattr(schedules, name) for name in PLAIN_NAMES},
+    **{name: getattr(joined_schedules, name) for name in JOINED_NAMES},
+)
 
 # Every step from 0 past the end of each case below, plus far-away steps.
 STEPS = [*range(0, 45), 100, 1_000, 123_456, 10**6]
@@ -42,13 +55,13 @@ _SGDR_CYCLES = [
 ]
 
 
-def _signed(module: ModuleType) -> dict[str, bool]:
-    return {"signed": True} if module is schedules else {}
+def _signed(module: ModuleType | SimpleNamespace) -> dict[str, bool]:
+    return {"signed": True} if module is ADAMX else {}
 
 
-# (id, builder): the builder gets a module (adamx.schedules or optax) and builds
-# the schedule with that module's function of the same name and arguments.
-CASES: list[tuple[str, Callable[[ModuleType], Callable[[Any], Any]]]] = [
+# (id, builder): the builder gets adamx's schedules (ADAMX) or optax and builds
+# the schedule with the function of the same name and arguments.
+CASES: list[tuple[str, Callable[[Any], Callable[[Any], Any]]]] = [
     ("constant", lambda m: m.constant_schedule(0.3)),
     # Negative values: adamx asks for signed=True, Optax for nothing.
     ("constant_negative", lambda m: m.constant_schedule(-2.5, **_signed(m))),
@@ -79,6 +92,32 @@ CASES: list[tuple[str, Callable[[ModuleType], Callable[[Any], Any]]]] = [
     ("warmup_cosine_zero_peak", lambda m: m.warmup_cosine_decay_schedule(1.0, 0, 3, 8)),
     ("warmup_constant", lambda m: m.warmup_constant_schedule(0.0, 1.0, 8)),
     ("warmup_constant_down", lambda m: m.warmup_constant_schedule(1.0, 0.25, 3)),
+    (
+        "warmup_exponential",
+        lambda m: m.warmup_exponential_decay_schedule(0.0, 1.0, 5, 3, 0.5),
+    ),
+    (
+        "warmup_exponential_full",
+        lambda m: m.warmup_exponential_decay_schedule(
+            0.1, 2.0, 4, 3, 0.7, 2, True, 0.3
+        ),
+    ),
+    (
+        "warmup_exponential_no_warmup",
+        lambda m: m.warmup_exponential_decay_schedule(0.5, 1.0, 0, 4, 0.8),
+    ),
+    (
+        "warmup_exponential_ceiling",
+        lambda m: m.warmup_exponential_decay_schedule(
+            0.0, 0.2, 3, 2, 1.5, end_value=1.0
+        ),
+    ),
+    (
+        "warmup_exponential_falling_warmup",
+        lambda m: m.warmup_exponential_decay_schedule(
+            2.0, 1.0, 6, 5, 0.9, transition_begin=3
+        ),
+    ),
     ("exponential", lambda m: m.exponential_decay(1.0, 5, 0.5)),
     ("exponential_begin", lambda m: m.exponential_decay(2.0, 3, 0.9, 4)),
     ("exponential_staircase", lambda m: m.exponential_decay(1.0, 4, 0.1, 2, True)),
@@ -184,14 +223,16 @@ def _jit_values(fn: Callable[[Any], Any], steps: list[int]) -> np.ndarray:
 
 
 def test_public_names() -> None:
-    assert sorted(schedules.__all__) == PUBLIC_NAMES
+    assert sorted(schedules.__all__) == PLAIN_NAMES
+    assert sorted(joined_schedules.__all__) == JOINED_NAMES
     for name in PUBLIC_NAMES:
-        assert callable(getattr(schedules, name)), name
+        assert callable(getattr(ADAMX, name)), name
+        assert getattr(adamx, name) is getattr(ADAMX, name), name
 
 
 @pytest.mark.parametrize("name", PUBLIC_NAMES)
 def test_signature_matches_optax(name: str) -> None:
-    ours = dict(inspect.signature(getattr(schedules, name)).parameters)
+    ours = dict(inspect.signature(getattr(ADAMX, name)).parameters)
     theirs = inspect.signature(getattr(optax, name)).parameters
     # adamx's one addition: a keyword-only flag for values that may be negative.
     signed = ours.pop("signed", None)
@@ -214,7 +255,7 @@ def test_every_public_name_is_compared() -> None:
 
 @pytest.mark.parametrize("builder", BUILDERS, ids=CASE_IDS)
 def test_matches_optax_in_float64(x64: None, builder: Callable) -> None:
-    ours, theirs = builder(schedules), builder(optax)
+    ours, theirs = builder(ADAMX), builder(optax)
     for t in STEPS:
         value = ours(t)
         _assert_close(value, _reference(theirs, t))
@@ -226,14 +267,14 @@ def test_matches_optax_under_jit_int32_step(x64: None, builder: Callable) -> Non
     # The reference is Optax on Python ints: given an int32 step, some Optax
     # schedules compute in float32 even under x64, where adamx casts the step to
     # the default float dtype.
-    ours, theirs = builder(schedules), builder(optax)
+    ours, theirs = builder(ADAMX), builder(optax)
     expected = np.array([_reference(theirs, t) for t in STEPS], np.float64)
     _assert_close(_jit_values(ours, STEPS), expected)
 
 
 @pytest.mark.parametrize(("case_id", "builder"), CASES, ids=CASE_IDS)
 def test_matches_optax_in_float32(case_id: str, builder: Callable) -> None:
-    ours, theirs = builder(schedules), builder(optax)
+    ours, theirs = builder(ADAMX), builder(optax)
     steps = [t for t in STEPS if t < 2**24]
     for t in steps:
         value, reference = jnp.asarray(ours(t)), _reference(theirs, t)
@@ -250,7 +291,7 @@ def test_matches_optax_in_float32(case_id: str, builder: Callable) -> None:
 
 @pytest.mark.parametrize("builder", BUILDERS, ids=CASE_IDS)
 def test_strict_dtype_promotion(builder: Callable) -> None:
-    fn = builder(schedules)
+    fn = builder(ADAMX)
     steps = [0, 1, 5, 17, 40, 1_000]
     with jax.numpy_dtype_promotion("standard"):
         expected = _jit_values(fn, steps)
@@ -261,7 +302,7 @@ def test_strict_dtype_promotion(builder: Callable) -> None:
 
 @pytest.mark.parametrize("builder", BUILDERS, ids=CASE_IDS)
 def test_array_of_steps(builder: Callable) -> None:
-    fn = builder(schedules)
+    fn = builder(ADAMX)
     steps = jnp.arange(50, dtype=jnp.int32)
     expected = np.array([fn(t) for t in range(50)])
     _assert_close(jnp.broadcast_to(fn(steps), steps.shape), expected, 1e-6)
@@ -273,7 +314,7 @@ def test_array_of_steps(builder: Callable) -> None:
     [
         schedules.polynomial_schedule(1.0, 0.25, 0.2, 1_010),
         schedules.cosine_decay_schedule(1.0, 1_010, 0.25, exponent=0.2),
-        schedules.warmup_cosine_decay_schedule(0.0, 1.0, 10, 1_010, 0.25, 0.2),
+        joined_schedules.warmup_cosine_decay_schedule(0.0, 1.0, 10, 1_010, 0.25, 0.2),
     ],
     ids=["polynomial", "cosine", "warmup_cosine"],
 )
@@ -293,7 +334,7 @@ def test_steps_beyond_int32_with_python_ints() -> None:
     pc = schedules.piecewise_constant_schedule(1.0, {2**40: 0.5})
     assert float(pc(2**40 - 1)) == 1.0
     assert float(pc(2**40)) == 0.5
-    join = schedules.join_schedules(
+    join = joined_schedules.join_schedules(
         [schedules.constant_schedule(1.0), schedules.constant_schedule(2.0)], [2**35]
     )
     assert float(join(2**35 - 1)) == 1.0
@@ -330,7 +371,7 @@ def test_cosine_decay_exponent(x64: None) -> None:
 
 def test_warmup_cosine_closed_form(x64: None) -> None:
     init, peak, end, warmup, total = 0.1, 1.0, 0.2, 4, 24
-    fn = schedules.warmup_cosine_decay_schedule(init, peak, warmup, total, end)
+    fn = joined_schedules.warmup_cosine_decay_schedule(init, peak, warmup, total, end)
     _assert_close(fn(0), init)
     _assert_close(fn(2), (init + peak) / 2)
     _assert_close(fn(warmup), peak)
@@ -356,19 +397,32 @@ def test_exponential_closed_form(x64: None) -> None:
         _assert_close(stairs(t), 2.0 * 0.5 ** (max(t - 3, 0) // 4))
 
 
+def test_warmup_exponential_closed_form(x64: None) -> None:
+    init, peak, warmup, steps, rate, begin, end = 0.2, 1.0, 4, 3, 0.5, 2, 0.1
+    fn = joined_schedules.warmup_exponential_decay_schedule(
+        init, peak, warmup, steps, rate, begin, end_value=end
+    )
+    for t in range(30):
+        if t < warmup:
+            expected = init + (peak - init) * t / warmup
+        else:
+            expected = max(peak * rate ** (max(t - warmup - begin, 0) / steps), end)
+        _assert_close(fn(t), expected)
+
+
 def test_piecewise_constant_closed_form() -> None:
     fn = schedules.piecewise_constant_schedule(8.0, {3: 0.5, 6: 0.25})
     assert [float(fn(t)) for t in range(8)] == [8, 8, 8, 4, 4, 4, 1, 1]
 
 
 def test_onecycle_phases(x64: None) -> None:
-    fn = schedules.linear_onecycle_schedule(100, 2.0, 0.3, 0.8, 4.0, 10.0)
+    fn = joined_schedules.linear_onecycle_schedule(100, 2.0, 0.3, 0.8, 4.0, 10.0)
     _assert_close(fn(0), 0.5)
     _assert_close(fn(30), 2.0)
     _assert_close(fn(80), 0.5)
     _assert_close(fn(100), 0.05)
     _assert_close(fn(55), 1.25)
-    cos = schedules.cosine_onecycle_schedule(100, 2.0, 0.3, 4.0, 10.0)
+    cos = joined_schedules.cosine_onecycle_schedule(100, 2.0, 0.3, 4.0, 10.0)
     _assert_close(cos(15), (0.5 + 2.0) / 2)
     _assert_close(cos(30), 2.0)
     _assert_close(cos(65), (2.0 + 0.05) / 2)
@@ -377,7 +431,7 @@ def test_onecycle_phases(x64: None) -> None:
 
 def test_sgdr_restarts(x64: None) -> None:
     cycle = dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=6)
-    fn = schedules.sgdr_schedule([cycle, cycle, cycle])
+    fn = joined_schedules.sgdr_schedule([cycle, cycle, cycle])
     first = [float(fn(t)) for t in range(6)]
     for k in (1, 2):
         _assert_close([fn(6 * k + t) for t in range(6)], first)
@@ -396,9 +450,14 @@ def test_traced_values_are_accepted() -> None:
             schedules.cosine_decay_schedule(init, 10, alpha=rate),
             schedules.exponential_decay(init, 3, rate, end_value=init / 4),
             schedules.exponential_decay(init, 3, 1 / rate, end_value=init * 4),
-            schedules.warmup_cosine_decay_schedule(0.0, peak, 3, 10, end_value=init),
+            joined_schedules.warmup_cosine_decay_schedule(
+                0.0, peak, 3, 10, end_value=init
+            ),
+            joined_schedules.warmup_exponential_decay_schedule(
+                0.0, peak, 3, 4, rate, end_value=init / 4
+            ),
             schedules.piecewise_constant_schedule(init, {3: 1.0}),
-            schedules.linear_onecycle_schedule(20, peak),
+            joined_schedules.linear_onecycle_schedule(20, peak),
         ]
         return jnp.stack([jnp.asarray(fn(7), jnp.float32) for fn in fns])
 
@@ -500,6 +559,30 @@ BAD_INPUTS: list[tuple[str, tuple, dict, type[Exception], str]] = [
     ("exponential_decay", (1.0, 5, 2.0), {"end_value": 0.5}, ValueError,
      "end_value must be >= init_value=1.0 .*got 0.5"),
     ("exponential_decay", (NAN, 5, 0.5), {}, ValueError, "init_value"),
+    ("warmup_exponential_decay_schedule", (-1.0, 1.0, 5, 3, 0.5), {}, ValueError,
+     f"init_value {NEGATIVE}"),
+    ("warmup_exponential_decay_schedule", (0.0, -1.0, 5, 3, 0.5), {}, ValueError,
+     f"peak_value {NEGATIVE}"),
+    ("warmup_exponential_decay_schedule", (0.0, NAN, 5, 3, 0.5), {}, ValueError,
+     "peak_value must not be NaN"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, -1, 3, 0.5), {}, ValueError,
+     "warmup_steps must be >= 0, got -1"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 2.5, 3, 0.5), {}, TypeError,
+     "warmup_steps"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 5, 0, 0.5), {}, ValueError,
+     "transition_steps must be > 0, got 0"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 5, 3, 0.0), {}, ValueError,
+     r"decay_rate must be in \(0.0, inf\), got 0.0"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 5, 3, 0.5, -1), {}, ValueError,
+     "transition_begin must be >= 0, got -1"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 5, 3, 0.5),
+     {"staircase": "yes"}, TypeError, "staircase"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 5, 3, 0.5),
+     {"end_value": 2.0}, ValueError,
+     "end_value must be <= peak_value=1.0 .*got 2.0"),
+    ("warmup_exponential_decay_schedule", (0.0, 1.0, 5, 3, 2.0),
+     {"end_value": 0.5}, ValueError,
+     "end_value must be >= peak_value=1.0 .*got 0.5"),
     ("piecewise_constant_schedule", (1.0, {5: -0.1}), {}, ValueError,
      r"boundaries_and_scales\[5\] must be .*got -0.1"),
     ("piecewise_constant_schedule", (1.0, {5: NAN}), {}, ValueError,
@@ -576,7 +659,7 @@ def test_bad_input_is_refused(
     factory: str, args: tuple, kwargs: dict, error: type[Exception], match: str
 ) -> None:
     with pytest.raises(error, match=match):
-        getattr(schedules, factory)(*args, **kwargs)
+        getattr(ADAMX, factory)(*args, **kwargs)
 
 
 def test_every_factory_refuses_something() -> None:
@@ -588,5 +671,14 @@ def test_zero_lengths_that_optax_documents_still_work() -> None:
     # Optax defines transition_steps=0 as "hold init_value" and warmup_steps=0
     # as "no warm-up"; both are kept.
     assert float(schedules.linear_schedule(0.7, 0.1, 0)(100)) == pytest.approx(0.7)
-    fn = schedules.warmup_cosine_decay_schedule(0.0, 1.0, 0, 10)
+    fn = joined_schedules.warmup_cosine_decay_schedule(0.0, 1.0, 0, 10)
     assert float(fn(0)) == 1.0
+
+
+def test_cosine_decay_takes_decay_steps_past_int32_under_jit():
+    # As Optax's test_with_giant_int_steps: a traced int32 step, and a length
+    # no int32 holds.
+    schedule = adamx.cosine_decay_schedule(1000.0, decay_steps=int(1e10), alpha=0.0)
+    want = 1000.0 * 0.5 * (1 + np.cos(np.pi * 0.1))
+    np.testing.assert_allclose(jax.jit(schedule)(int(1e9)), want, rtol=1e-6)
+    np.testing.assert_allclose(schedule(int(1e9)), want, rtol=1e-6)

@@ -171,6 +171,28 @@ def test_state_follows_params_on_a_mesh_of_explicit_axes(name):
     check_state_follows_params(tx, make_mesh((4, 2), ("x", "y"), explicit=True))
 
 
+def test_factored_statistics_keep_their_sharding_from_init_to_update():
+    # Every dim factored: the column statistic of a (2, 8) param split along
+    # its columns is split too, in init as in update (and as in Optax).
+    mesh = make_mesh((8,), ("x",), explicit=True)
+    with jax.set_mesh(mesh):
+        p = jax.device_put(
+            jnp.ones((2, 8), jnp.float16), NamedSharding(mesh, P(None, "x"))
+        )
+        for tx in (
+            adamx.adafactor(min_dim_size_to_factor=1),
+            optax.adafactor(min_dim_size_to_factor=1),
+        ):
+            state = tx.init(p)
+            _, new_state = jax.jit(tx.update)(p, state, p)
+            for a, b in zip(
+                jax.tree.leaves(state), jax.tree.leaves(new_state), strict=True
+            ):
+                assert jax.typeof(a) == jax.typeof(b)
+            v_col = optax.tree.get(state, "v_col")
+            assert jax.typeof(v_col).sharding.spec == P("x")
+
+
 def test_state_shardings_needs_each_params_sharding():
     params = {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32)}
     with pytest.raises(ValueError, match="needs the sharding of every param"):

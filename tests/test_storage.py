@@ -18,7 +18,16 @@ from adamx.precision import kahan_summation
 
 STATE_BITS = ids("state_bits", without=CORE)
 # The fields that hold moments, and whether each is signed.
-MOMENTS = {"mu": True, "nu": False, "nu_max": False, "trace": True, "ema": True}
+MOMENTS = {
+    "mu": True,
+    "nu": False,
+    "nu_max": False,
+    "trace": True,
+    "ema": True,
+    "step_sizes": False,
+    "prev_updates": True,
+    "previous_gradient": True,
+}
 
 # ----------------------------------------------------------- state_bits: setup
 

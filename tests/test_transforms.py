@@ -325,12 +325,12 @@ def test_scale_by_learning_rate_keeps_the_rate_of_the_last_step(learning_rate):
     g = jnp.array([1.0, -2.0])
     state = tx.init(g)
     # Before any step: the rate the first step will use.
-    np.testing.assert_allclose(state.learning_rate, rate(0), rtol=1e-7)
+    np.testing.assert_allclose(state.rate, rate(0), rtol=1e-7)
     for count in range(1, 5):
         u, state = tx.update(g, state)
         np.testing.assert_allclose(u, -rate(count - 1) * np.asarray(g), rtol=1e-6)
-        np.testing.assert_allclose(state.learning_rate, rate(count - 1), rtol=1e-7)
-        assert state.learning_rate.dtype == jnp.float32
+        np.testing.assert_allclose(state.rate, rate(count - 1), rtol=1e-7)
+        assert state.rate.dtype == jnp.float32
 
 
 # ------------------------------------------------------ tree mismatches
@@ -366,3 +366,15 @@ def test_tree_mismatch_raises_and_prints_both_structures(make_tx):
     message = str(info.value)
     assert str(jax.tree.structure(grads)) in message
     assert str(jax.tree.structure(params)) in message
+
+
+def test_add_decayed_weights_passes_none_updates_through_as_optax():
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([3.0])}
+    for updates in (None, {"w": jnp.array([0.5, 0.5]), "b": None}):
+        ours = adamx.add_decayed_weights(0.1)
+        theirs = optax.add_decayed_weights(0.1)
+        got, _ = ours.update(updates, ours.init(params), params)
+        want, _ = theirs.update(updates, theirs.init(params), params)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        chex.assert_trees_all_close(got, want)
+    np.testing.assert_allclose(got["w"], [0.6, 0.3])
