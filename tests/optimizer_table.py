@@ -20,6 +20,8 @@ Tags:
                  checks that hold for any optimizer (scan, pmap, sharding,
                  the flat layout, storage) take the others only.
     wrapped      a wrapper or combinator around an optimizer.
+    lean         pmap, sharding and lax.scan are checked on the other rows only
+                 (see LEAN).
     frontier     one of Adam's successors: at 8 bits its state is at most
                  0.4x the float32 state and it ends within 5% of its float32
                  run's loss.
@@ -497,3 +499,36 @@ def ids(*tags: str, without: tuple[str, ...] = ()) -> list[str]:
 #: What the checks that hold for any optimizer draw from: one entry per
 #: optimizer, none of its variants, schedules or wrappers.
 CORE = ("wrapped", "schedule", "variant")
+
+# Optax's other optimizers, added for parity: the multi-device checks (pmap,
+# sharding) and lax.scan take the rows above them, which share their code
+# paths (moment_transform, chain, the wrappers), so that CI stays short.
+LEAN = (
+    "acprop",
+    "adadelta",
+    "adagrad",
+    "adan",
+    "cocob",
+    "dadapt_adamw",
+    "dog",
+    "dowg",
+    "fromage",
+    "galore",
+    "lars",
+    "madgrad",
+    "mechanize_adam",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "rprop",
+    "sign_sgd",
+    "signum",
+    "sm3",
+    "yogi",
+)
+for _name in LEAN:
+    OPTIMIZERS[_name] = OPTIMIZERS[_name]._replace(
+        tags=OPTIMIZERS[_name].tags | {"lean"}
+    )

@@ -72,7 +72,7 @@ def test_float32_is_at_least_as_accurate_as_optax(name):
     assert error(ours) <= 1.5 * error(theirs) + 1e-7
 
 
-@pytest.mark.parametrize("name", ids(without=CORE))
+@pytest.mark.parametrize("name", ids(without=(*CORE, "lean")))
 def test_works_inside_lax_scan(name):
     tx, _ = OPTIMIZERS[name]()
     params = make_params()
@@ -87,7 +87,7 @@ def test_works_inside_lax_scan(name):
     assert_trees_close(scanned, looped, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ids(without=CORE))
+@pytest.mark.parametrize("name", ids(without=(*CORE, "lean")))
 def test_pmap_with_pmean_matches_single_device(name):
     n = jax.local_device_count()
     assert n == 8, "conftest asks for 8 host devices"

@@ -20,7 +20,7 @@ from optimizer_table import CORE, OPTIMIZERS, ids
 import adamx
 from adamx.sharding import bytes_per_device, sharded, state_shardings, zero_spec
 
-IDS = ids(without=CORE)
+IDS = ids(without=(*CORE, "lean"))
 
 # Distinct shapes, so that the param a state leaf follows is known by its shape.
 LAYOUT_2D = {
