@@ -60,7 +60,7 @@ docs-serve: setup $(MATHJAX)/tex-mml-chtml.js
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test: lint typecheck docs
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # Optax's own test files, run against adamx in a process of their own
 # (tests/test_optax_conformance.py): about 7 minutes of CPU, so not yet a step

@@ -276,9 +276,9 @@ def dog(
         >>> f = lambda p: jnp.sum(p**2)
         >>> tx = adamx.dog(init_step=("heuristic", 1e-2))
         >>> params = jnp.array([1.0, 2.0, 3.0])
-        >>> state = tx.init(params)
+        >>> state, update = tx.init(params), jax.jit(tx.update)
         >>> for _ in range(30):
-        ...     updates, state = tx.update(jax.grad(f)(params), state, params)
+        ...     updates, state = update(jax.grad(f)(params), state, params)
         ...     params = adamx.apply_updates(params, updates)
         >>> bool(f(params) < 1.0)
         True

@@ -259,10 +259,10 @@ def optimistic_adam_v2(
         ...     return x * y
         >>> tx = adamx.optimistic_adam_v2(1.0, alpha=1e-2, beta=1.0)
         >>> params = (jnp.array(1.0), jnp.array(2.0))
-        >>> state = tx.init(params)
+        >>> state, update = tx.init(params), jax.jit(tx.update)
         >>> for _ in range(1025):
         ...     gx, gy = jax.grad(f, argnums=(0, 1))(*params)
-        ...     updates, state = tx.update((gx, -gy), state, params)
+        ...     updates, state = update((gx, -gy), state, params)
         ...     params = adamx.apply_updates(params, updates)
         >>> print(f"{float(jnp.hypot(*params)):.3f}")  # from 2.236
         0.001

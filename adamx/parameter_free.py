@@ -614,9 +614,9 @@ def mechanize(
         >>> f = lambda p: jnp.sum((p - 3.0) ** 2)
         >>> tx = adamx.mechanize(adamx.adam(1.0))
         >>> params = jnp.zeros(3)
-        >>> state = tx.init(params)
+        >>> state, update = tx.init(params), jax.jit(tx.update)
         >>> for _ in range(100):
-        ...     updates, state = tx.update(jax.grad(f)(params), state, params)
+        ...     updates, state = update(jax.grad(f)(params), state, params)
         ...     params = adamx.apply_updates(params, updates)
         >>> bool(f(params) < 0.1 * f(jnp.zeros(3)))
         True

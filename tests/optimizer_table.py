@@ -20,8 +20,8 @@ Tags:
                  checks that hold for any optimizer (scan, pmap, sharding,
                  the flat layout, storage) take the others only.
     wrapped      a wrapper or combinator around an optimizer.
-    lean         pmap, sharding and lax.scan are checked on the other rows only
-                 (see LEAN).
+    lean         pmap, sharding, lax.scan and the random-tree properties are
+                 checked on the other rows only (see LEAN).
     frontier     one of Adam's successors: at 8 bits its state is at most
                  0.4x the float32 state and it ends within 5% of its float32
                  run's loss.
@@ -501,8 +501,9 @@ def ids(*tags: str, without: tuple[str, ...] = ()) -> list[str]:
 CORE = ("wrapped", "schedule", "variant")
 
 # Optax's other optimizers, added for parity: the multi-device checks (pmap,
-# sharding) and lax.scan take the rows above them, which share their code
-# paths (moment_transform, chain, the wrappers), so that CI stays short.
+# sharding), lax.scan and the random-tree properties take the rows above
+# them, which share their code paths (moment_transform, chain, the
+# wrappers), so that CI stays under its 20 minutes.
 LEAN = (
     "acprop",
     "adadelta",
