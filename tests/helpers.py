@@ -125,3 +125,62 @@ def assert_trees_close(a, b, rtol, atol=0.0):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+# ------------------------------------------- a float64 problem for transcriptions
+# Least squares with a sine term: the gradient depends on the params, and
+# NumPy computes it for transcriptions of authors' code (DoG, D-Adaptation).
+
+LSQ_STEPS = 100
+LSQ_TOL = 1e-10
+_LSQ_RNG = np.random.default_rng(0)
+_LSQ_X = _LSQ_RNG.normal(size=(16, 5))
+_LSQ_Y = _LSQ_RNG.normal(size=(16, 3))
+LSQ_START = {
+    "w": 0.5 * _LSQ_RNG.normal(size=(5, 3)),
+    "b": 0.1 * _LSQ_RNG.normal(size=(3,)),
+}
+
+
+def lsq_loss(params):
+    r = jnp.asarray(_LSQ_X) @ params["w"] + params["b"] - jnp.asarray(_LSQ_Y)
+    return jnp.mean(r**2) + 0.1 * jnp.sum(jnp.sin(3 * params["w"]))
+
+
+def lsq_grad_np(p):
+    r = _LSQ_X @ p["w"] + p["b"] - _LSQ_Y
+    return {
+        "w": 2 * _LSQ_X.T @ r / r.size + 0.3 * np.cos(3 * p["w"]),
+        "b": 2 * r.sum(axis=0) / r.size,
+    }
+
+
+def lsq_run(tx, steps=LSQ_STEPS, start=None):
+    """The trajectory of ``tx`` from LSQ_START in float64: a list of param dicts."""
+    params = jax.tree.map(jnp.asarray, LSQ_START)
+
+    def body(carry, _):
+        p, s = carry
+        u, s = tx.update(jax.grad(lsq_loss)(p), s, p)
+        p = adamx.apply_updates(p, u)
+        return (p, s), p
+
+    @jax.jit
+    def go(p):
+        state = tx.init(p if start is None else start)
+        return jax.lax.scan(body, (p, state), length=steps)[1]
+
+    out = jax.tree.map(np.asarray, go(params))
+    return [{k: v[i] for k, v in out.items()} for i in range(steps)]
+
+
+def assert_lsq_runs_close(ours, theirs, tol=LSQ_TOL):
+    worst = max(
+        float(np.max(np.abs(a[k] - b[k])))
+        for a, b in zip(ours, theirs, strict=True)
+        for k in a
+    )
+    assert worst <= tol, worst
+    moved = max(float(np.max(np.abs(ours[-1][k] - LSQ_START[k]))) for k in LSQ_START)
+    assert moved > 1e-3, moved  # the run went somewhere
+    return worst

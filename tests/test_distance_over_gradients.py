@@ -12,66 +12,17 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
+from helpers import LSQ_START as START
+from helpers import LSQ_STEPS as STEPS
+from helpers import assert_lsq_runs_close as assert_close
+from helpers import lsq_grad_np as grad_np
+from helpers import lsq_run as run_ours
 
 import adamx
-
-STEPS = 100
-TOL = 1e-10
-
-# Least squares with a sine term: the gradient depends on the params, and
-# NumPy computes it for the transcriptions.
-_RNG = np.random.default_rng(0)
-X = _RNG.normal(size=(16, 5))
-Y = _RNG.normal(size=(16, 3))
-START = {"w": 0.5 * _RNG.normal(size=(5, 3)), "b": 0.1 * _RNG.normal(size=(3,))}
-
-
-def loss(params):
-    r = jnp.asarray(X) @ params["w"] + params["b"] - jnp.asarray(Y)
-    return jnp.mean(r**2) + 0.1 * jnp.sum(jnp.sin(3 * params["w"]))
-
-
-def grad_np(p):
-    r = X @ p["w"] + p["b"] - Y
-    return {
-        "w": 2 * X.T @ r / r.size + 0.3 * np.cos(3 * p["w"]),
-        "b": 2 * r.sum(axis=0) / r.size,
-    }
 
 
 def sq_norm(tree):
     return sum(float(np.sum(v**2)) for v in tree.values())
-
-
-def run_ours(tx, steps=STEPS, start=None):
-    """The trajectory of ``tx`` from START in float64: a list of param dicts."""
-    params = jax.tree.map(jnp.asarray, START)
-
-    def body(carry, _):
-        p, s = carry
-        u, s = tx.update(jax.grad(loss)(p), s, p)
-        p = adamx.apply_updates(p, u)
-        return (p, s), p
-
-    @jax.jit
-    def go(p):
-        state = tx.init(p if start is None else start)
-        return jax.lax.scan(body, (p, state), length=steps)[1]
-
-    out = jax.tree.map(np.asarray, go(params))
-    return [{k: v[i] for k, v in out.items()} for i in range(steps)]
-
-
-def assert_close(ours, theirs, tol=TOL):
-    worst = max(
-        float(np.max(np.abs(a[k] - b[k])))
-        for a, b in zip(ours, theirs, strict=True)
-        for k in a
-    )
-    assert worst <= tol, worst
-    moved = max(float(np.max(np.abs(ours[-1][k] - START[k]))) for k in START)
-    assert moved > 1e-3, moved  # the run went somewhere
-    return worst
 
 
 # ------------------------------------------------------- transcriptions
