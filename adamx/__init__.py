@@ -183,10 +183,7 @@ from adamx.lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfgs
 from adamx.linesearch import (
     BacktrackingLinesearchInfo,
     ScaleByBacktrackingLinesearchState,
-    ScaleByZoomLinesearchState,
-    ZoomLinesearchInfo,
     scale_by_backtracking_linesearch,
-    scale_by_zoom_linesearch,
     value_and_grad_from_state,
 )
 from adamx.lowbit import QuantizedArray, state_nbytes
@@ -347,6 +344,11 @@ from adamx.wrappers import (
     dynamic_loss_scaling,
     loss_scale,
     monitor,
+)
+from adamx.zoom_linesearch import (
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_zoom_linesearch,
 )
 
 __version__ = "0.1.0"

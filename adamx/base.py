@@ -405,8 +405,18 @@ def check_same_structure(name_a: str, a: ArrayTree, name_b: str, b: ArrayTree) -
     if sa != sb:
         raise ValueError(
             f"The tree structure of {name_a} does not match that of {name_b}.\n"
-            f"  {name_a}: {sa}\n  {name_b}: {sb}"
+            f"  {name_a}: {sa}\n  {name_b}: {sb}{_where_trees_differ(a, b)}"
         )
+
+
+def _where_trees_differ(a: ArrayTree, b: ArrayTree) -> str:
+    """JAX's account of the first place two trees differ (key path and kind)."""
+    for x, y in ((a, b), (b, a)):
+        try:
+            jax.tree.map(lambda *_: None, x, y, is_leaf=_is_none)
+        except (ValueError, TypeError) as e:
+            return f"\n  {e}"
+    return ""
 
 
 def check_same_shapes(name_a: str, a: ArrayTree, name_b: str, b: ArrayTree) -> None:

@@ -220,7 +220,7 @@ def _leaf_mask(mask: Any, tree: Any) -> list[bool]:
             "The mask's tree structure does not match the params (the mask must be "
             "the params' tree or a prefix of it).\n"
             f"  mask:   {jax.tree.structure(mask)}\n"
-            f"  params: {jax.tree.structure(tree)}"
+            f"  params: {jax.tree.structure(tree)}\n  {e}"
         ) from e
     return jax.tree.leaves(full)
 

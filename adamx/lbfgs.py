@@ -4,7 +4,7 @@ r"""L-BFGS: a quasi-Newton direction from the last few steps, and its line searc
 inverse Hessian built from the last ``memory_size`` differences of params and
 gradients (Nocedal & Wright's two-loop recursion, their Algorithm 7.4);
 :func:`lbfgs` chains it with a step size, by default the zoom line search of
-:mod:`adamx.linesearch`, which needs the objective: ``update`` takes
+:mod:`adamx.zoom_linesearch`, which needs the objective: ``update`` takes
 ``value``, ``grad`` and ``value_fn``. Names, arguments, defaults, states and
 numbers are Optax's (``optax.lbfgs``, ``optax.scale_by_lbfgs``).
 """
@@ -30,12 +30,13 @@ from adamx.combine import chain, check_transformation
 from adamx.linesearch import (
     add_scaled,
     cast_like,
-    scale_by_zoom_linesearch,
+    dtype_of,
     scaled,
     tree_sq_norm,
     tree_vdot,
 )
 from adamx.transforms import scale, scale_by_learning_rate
+from adamx.zoom_linesearch import scale_by_zoom_linesearch
 
 __all__ = ["ScaleByLBFGSState", "lbfgs", "scale_by_lbfgs"]
 
@@ -178,7 +179,7 @@ def scale_by_lbfgs(
 
     def init_fn(params: Params) -> ScaleByLBFGSState:
         memory = jax.tree.map(
-            lambda p: jnp.zeros((memory_size, *jnp.shape(p)), jnp.asarray(p).dtype),
+            lambda p: jnp.zeros((memory_size, *jnp.shape(p)), dtype_of(p)),
             params,
         )
         return ScaleByLBFGSState(

@@ -50,7 +50,9 @@ from adamx.storage import (
     Moment,
     Storage,
     as_stored_fns,
+    cast,
     check_moment_tree,
+    moment_dtype_of,
     real_dtype,
     store_like,
     update_moments,
@@ -235,7 +237,8 @@ def moment_transform(
             arguments).
         body: ``body(x, g, *moments) -> (update, *new_moments)`` for one leaf,
             with ``x`` a :class:`LeafStep`; ``g`` and the moments come in the
-            computation dtype, and the update goes back to the gradient's.
+            computation dtype, and the update goes back to the gradient's
+            (the default float dtype for an integer or Python-number one).
         name: the factory's name, for its :class:`~adamx.traits.Stage`.
         hyperparams: the numbers the body reads as ``x.h.<name>``.
         stage_args: what else defines the computation (flags), declared with
@@ -285,6 +288,10 @@ def moment_transform(
         hyper = Hyper(**hyperparams)
 
         def leaf(g, *stored):
+            # A Python number or an integer gradient is computed, and its
+            # update returned, in the moments' float dtype.
+            g = jnp.asarray(g)
+            g = g.astype(moment_dtype_of(g))
             ct = compute_dtype(g.dtype, [m.dtype for m in stored])
             x = LeafStep(
                 hyper,
@@ -298,7 +305,7 @@ def moment_transform(
 
             def run(g, *loaded):
                 u, *new = body(x, g.astype(ct), *loaded)
-                return (u.astype(g.dtype), *new)
+                return (cast(u, g.dtype), *new)
 
             return update_moments(run, dtypes, g, *stored)
 

@@ -6,17 +6,18 @@ authors' two optimizers. Training steps at :math:`y`, evaluation happens at
 :math:`x`, which :func:`schedule_free_eval_params` computes from the state and
 the params.
 
-The third sequence, :math:`z`, is kept as its offset from the params,
-:math:`z_t - y_t`; in that form the step needs no division by :math:`\beta_1`,
-and the numbers are those of ``optax.contrib.schedule_free`` and of the
-authors' code to rounding. It is kept in the params' dtype (or
+The third sequence, :math:`z`, is kept in the state, as Optax and the
+authors keep it; the step reads :math:`z - y` from it and the params, so a
+params change made outside the optimizer (a wrapper, a projection) enters the
+next step as it does theirs. It is kept in the params' dtype (or
 ``state_dtype``), whatever ``state_bits`` says: ``state_bits`` stores the base
-optimizer's moments (AdamW's second moment). :math:`z_t - y_t` is a weighted
-sum over all steps so far, to which step :math:`t` adds about :math:`1/t` of
-its size: a block code (8 or 4 bits) or bfloat16 rounds such increments away
-once :math:`t` outgrows its precision. Stored in 8 bits, schedule-free SGD's
-loss ended 15% above its float32 run after 100 steps on a quadratic; Adam's
-moments, averages over a fixed horizon, lose nothing comparable.
+optimizer's moments (AdamW's second moment). :math:`z` is where the params are
+headed: the first step sets :math:`y_1 = z_1` (:math:`c_1 = 1`), so a ``z``
+stored in fewer bits than the params rounds the params to its precision, and
+later steps add to :math:`z - y` increments of about :math:`1/t` of its size,
+which a block code (8 or 4 bits) or bfloat16 would round away once :math:`t`
+outgrows its precision. A ``state_dtype`` narrower than the params rounds them
+in the same way (as in Optax); keep it at the params' precision.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from adamx.base import (
     ScalarOrSchedule,
     is_schedule,
     leafwise,
+    require_params,
     safe_increment,
 )
 from adamx.combine import call_update, chain, check_transformation
@@ -45,6 +47,7 @@ from adamx.optimizers import sgd
 from adamx.storage import (
     Moment,
     Storage,
+    cast,
     check_moment_tree,
     load,
     real_dtype,
@@ -62,8 +65,8 @@ __all__ = [
     "schedule_free_sgd",
 ]
 
-#: The moment that holds :math:`z_t - y_t`; ``state_dtype`` sets its dtype.
-Z_OFFSET = Moment("z_offset", signed=True, dtype="state_dtype")
+#: The sequence :math:`z_t`; ``state_dtype`` sets its dtype.
+Z = Moment("z", signed=True, dtype="state_dtype")
 #: The fields of ``optax.contrib.ScheduleFreeState``, read by duck typing.
 _OPTAX_FIELDS = ("b1", "weight_sum", "step_count", "max_lr", "z")
 
@@ -76,7 +79,7 @@ class ScheduleFreeState(NamedTuple):
     weight_sum: jax.Array  # shape=(), default float: sum of the averaging weights
     max_lr: jax.Array  # shape=(), default float: largest learning rate so far
     base_optimizer_state: Any  # the base optimizer's state
-    z_offset: Any  # like params (or codes): z_t - y_t
+    z: Any  # like params, in state_dtype (default the params'): z_t
 
 
 def _scalar_dtype() -> Any:
@@ -115,15 +118,16 @@ def schedule_free(
     (:func:`schedule_free_eval_params`). :math:`\gamma_t` is ``learning_rate``
     at step :math:`t` (a schedule is called with :math:`t = 1, 2, \dots`),
     :math:`r` is ``weight_lr_power`` and :math:`\beta_1` is ``b1``. The state
-    keeps :math:`d_t = z_t - y_t`, so that the step reads
+    keeps :math:`z_t`, and the step reads
 
     .. math::
-        y_t = y_{t-1} + c_t\, d_{t-1} + \bigl(1 - \beta_1 (1 - c_t)\bigr) u_t,
-        \qquad d_t = (1 - c_t)\,(d_{t-1} + \beta_1 u_t),
+        y_t = y_{t-1} + c_t\,(z_{t-1} - y_{t-1})
+              + \bigl(1 - \beta_1 (1 - c_t)\bigr) u_t,
 
-    the authors' in-place form (their ``lerp`` and ``add``), and
-    :math:`x_t = y_t - \frac{1 - \beta_1}{\beta_1} d_t`. The base optimizer
-    should have no momentum of its own (Adam with ``b1=0``, plain SGD).
+    the authors' in-place form (their ``lerp`` and ``add``), so it needs the
+    params; :math:`x_t = y_t - \frac{1 - \beta_1}{\beta_1} (z_t - y_t)`. The
+    base optimizer should have no momentum of its own (Adam with ``b1=0``, plain
+    SGD).
 
     Where the base optimizer has a learning-rate schedule of its own, it is
     called with its own step count, :math:`t - 1`; to evaluate both at the same
@@ -137,7 +141,7 @@ def schedule_free(
         b1: :math:`\beta_1 \in (0, 1)`, the interpolation between :math:`x`
             and :math:`z`.
         weight_lr_power: :math:`r \ge 0`; 0 weighs every step alike.
-        state_dtype: dtype of :math:`d` (``None``: the params'). The base
+        state_dtype: dtype of :math:`z` (``None``: the params'). The base
             optimizer's moments are stored as its own arguments say
             (``state_bits``).
 
@@ -166,7 +170,7 @@ def schedule_free(
     checks.check_scalar_or_schedule("learning_rate", learning_rate)
     _check_b1(b1)
     checks.check_nonnegative("weight_lr_power", weight_lr_power)
-    # z - y is not stored in fewer bits: see the module docstring.
+    # z is not stored in fewer bits: see the module docstring.
     storage = Storage.parse(32, state_dtype=state_dtype)
     scheduled = is_schedule(learning_rate)
 
@@ -179,7 +183,12 @@ def schedule_free(
             weight_sum=jnp.zeros([], sd),
             max_lr=jnp.zeros([], sd),
             base_optimizer_state=base_optimizer.init(params),
-            z_offset=storage.init(Z_OFFSET, params),
+            # z_0 = y_0, in the storage's dtype (complex for complex params).
+            z=jax.tree.map(
+                lambda z, p: jnp.array(p, z.dtype, copy=True),
+                storage.init(Z, params),
+                params,
+            ),
         )
 
     def update_fn(
@@ -188,7 +197,9 @@ def schedule_free(
         params: Params | None = None,
         **extra_args: Any,
     ) -> tuple[Any, ScheduleFreeState]:
-        check_moment_tree(updates, state.z_offset, "state.z_offset")
+        check_moment_tree(updates, state.z, "state.z")
+        require_params("schedule_free", params)
+        check_moment_tree(params, state.z, "state.z", what="params")
         sd = _scalar_dtype()
         count = safe_increment(state.count)
         rate: Any = learning_rate
@@ -206,28 +217,30 @@ def schedule_free(
             base_optimizer, updates, state.base_optimizer_state, params, extra_args
         )
 
-        def leaf(u: jax.Array, d: Any) -> tuple:
+        def leaf(u: jax.Array, y: jax.Array, z: Any) -> tuple:
+            u = jnp.asarray(u)
             ct = at_least_float32(u.dtype, ())
             real = real_dtype(ct)
             c_, b = c.astype(real), b1_.astype(real)
 
-            def body(u_: jax.Array, d_: jax.Array) -> tuple:
+            def body(u_: jax.Array, z_: jax.Array) -> tuple:
                 u_ = u_.astype(ct)
-                step = c_ * d_ + (1 - b * (1 - c_)) * u_  # y_t - y_{t-1}
-                return step, (1 - c_) * (d_ + b * u_)  # d_t = z_t - y_t
+                d = z_ - jnp.asarray(y).astype(ct)  # z_{t-1} - y_{t-1}
+                step = c_ * d + (1 - b * (1 - c_)) * u_  # y_t - y_{t-1}
+                return step, z_ + u_  # z_t
 
-            step, new = update_moments(body, [ct], u, d)
-            return step.astype(u.dtype), new
+            step, new = update_moments(body, [ct], u, z)
+            return cast(step, u.dtype), new
 
-        out, new_d = leafwise(leaf, 2, base_updates, state.z_offset)
-        new_d = jax.tree.map(store_like, new_d, state.z_offset, is_leaf=is_quantized)
+        out, new_z = leafwise(leaf, 2, base_updates, params, state.z)
+        new_z = jax.tree.map(store_like, new_z, state.z, is_leaf=is_quantized)
         return out, ScheduleFreeState(
             count=count,
             b1=b1_,
             weight_sum=weight_sum,
             max_lr=max_lr,
             base_optimizer_state=base_state,
-            z_offset=new_d,
+            z=new_z,
         )
 
     base = traits_of(base_optimizer)
@@ -330,10 +343,10 @@ def schedule_free_adamw(
         weight_decay: :math:`\lambda \ge 0`, decay of the params, scaled by the
             rate (as in ``torch.optim.AdamW``).
         weight_lr_power: :math:`r \ge 0`.
-        state_dtype: dtype of :math:`z - y` (``None``: the params').
+        state_dtype: dtype of :math:`z` (``None``: the params').
         state_bits: how :math:`v` is stored: 32 (the params' dtype), 16
             (bfloat16), 8 or 4 (block-wise quantized, see :mod:`adamx.lowbit`).
-            :math:`z - y` stays in ``state_dtype`` (see :mod:`adamx.schedule_free`).
+            :math:`z` stays in ``state_dtype`` (see :mod:`adamx.schedule_free`).
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -411,7 +424,7 @@ def schedule_free_sgd(
         b1: :math:`\beta_1 \in (0, 1)`, the authors' ``momentum``.
         weight_decay: :math:`\lambda \ge 0`; ``None``: none.
         weight_lr_power: :math:`r \ge 0`.
-        state_dtype: dtype of :math:`z - y` (``None``: the params').
+        state_dtype: dtype of :math:`z` (``None``: the params').
 
     Returns:
         A :class:`~adamx.GradientTransformation` with state
@@ -525,14 +538,16 @@ def schedule_free_eval_params(state: OptState, params: Params) -> Params:
         )
     sf = found[0]
     b1 = jnp.asarray(sf.b1)
-    if not isinstance(sf, ScheduleFreeState):  # Optax's: z itself.
+    if not isinstance(sf, ScheduleFreeState):  # Optax's: computed as Optax does.
         return jax.tree.map(lambda y, z: (y - (1.0 - b1) * z) / b1, params, sf.z)
-    check_moment_tree(params, sf.z_offset, "state.z_offset")
+    check_moment_tree(params, sf.z, "state.z", what="params")
 
-    def leaf(y: jax.Array, d: Any) -> tuple:
+    def leaf(y: jax.Array, z: Any) -> tuple:
+        y = jnp.asarray(y)
         ct = at_least_float32(y.dtype, ())
         b = b1.astype(real_dtype(ct))
-        x = y.astype(ct) - (1 - b) / b * load(d, ct)
-        return (x.astype(y.dtype),)
+        y_ = jnp.asarray(y).astype(ct)
+        x = y_ - (1 - b) / b * (load(z, ct) - y_)
+        return (cast(x, y.dtype),)
 
-    return leafwise(leaf, 1, params, sf.z_offset)[0]
+    return leafwise(leaf, 1, params, sf.z)[0]

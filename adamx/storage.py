@@ -14,8 +14,8 @@ depends on how the moments are kept lives here:
   :math:`|g|^2`, stored in the param's real dtype. A complex param's other
   moments stay complex, at the precision a real dtype argument asks for
   (``mu_dtype=float32``: complex64), and at full precision whatever
-  ``state_bits`` says. A complex dtype argument asks the same precision of
-  a real param's moments, which stay real.
+  ``state_bits`` says. A complex dtype argument keeps a real param's first
+  moments in that dtype (their imaginary parts stay zero), as Optax does.
 * Codes live where their param does: split by whole blocks over the axes that
   split the param's rows (:func:`adamx.lowbit.block_axes`), else replicated.
 * :func:`update_moments` runs one leaf's element-wise step on its stored
@@ -46,8 +46,10 @@ __all__ = [
     "Storage",
     "as_placeholders",
     "as_stored_fns",
+    "cast",
     "check_moment_tree",
     "load",
+    "moment_dtype_of",
     "real_dtype",
     "store",
     "store_like",
@@ -155,7 +157,8 @@ class Storage(NamedTuple):
 
         Args:
             moment: which moment.
-            params: the params (arrays, or shape/dtype structs).
+            params: the params (arrays, shape/dtype structs, or Python
+                numbers, whose moments take the default float dtype).
 
         Returns:
             A tree like ``params``; a quantized param's moment is one
@@ -170,11 +173,15 @@ class Storage(NamedTuple):
         return jax.tree.map(lambda p: self._leaf(moment, dtype, p), params)
 
     def _leaf(self, moment: Moment, dtype: Any, p: Any) -> Any:
-        complex_param = jnp.issubdtype(p.dtype, jnp.complexfloating)
+        p_dtype = moment_dtype_of(p)
+        complex_param = jnp.issubdtype(p_dtype, jnp.complexfloating)
         if self.bits == 32 or complex_param:
-            store = jnp.dtype(p.dtype if dtype is None else dtype)
-            if not (moment.signed and complex_param):
-                # A real param's moments, and second moments, are real.
+            store = jnp.dtype(p_dtype if dtype is None else dtype)
+            if not moment.signed or not (
+                complex_param or jnp.issubdtype(store, jnp.complexfloating)
+            ):
+                # Second moments are real; so are a real param's other moments
+                # unless a complex dtype asks otherwise.
                 store = real_dtype(store)
             elif complex_param and not jnp.issubdtype(store, jnp.complexfloating):
                 # A real dtype asks for a precision: a complex param's moment
@@ -186,9 +193,10 @@ class Storage(NamedTuple):
         if self.bits == 16:
             return _full_like(p, moment.initial, jnp.bfloat16)
         bits = int(self.bits or 0)
-        store = wider_dtype(p.dtype, jnp.float32)
-        floating = jnp.issubdtype(p.dtype, jnp.floating)
-        if not (floating and math.prod(p.shape) >= MIN_QUANTIZED_SIZE):
+        store = wider_dtype(p_dtype, jnp.float32)
+        # Integer params (whose moments are float) are not quantized either.
+        floating = jnp.issubdtype(getattr(p, "dtype", int), jnp.floating)
+        if not (floating and math.prod(jnp.shape(p)) >= MIN_QUANTIZED_SIZE):
             return _full_like(p, moment.initial, store)
         if _is_zero(moment.initial):
             q = lowbit.zeros(tuple(p.shape), store, bits, moment.signed)
@@ -196,6 +204,23 @@ class Storage(NamedTuple):
             full = jnp.full(p.shape, moment.initial, store)
             q = lowbit.quantize(full, bits, moment.signed)
         return _place_like(p, q)
+
+
+def moment_dtype_of(p: Any) -> Any:
+    """The dtype a param's moments follow: its own, or the default float
+    dtype for an integer param or a Python number (as Optax takes them).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.storage import moment_dtype_of
+        >>> moment_dtype_of(jnp.ones(2, jnp.bfloat16)), moment_dtype_of(3)
+        (dtype(bfloat16), dtype('float32'))
+    """
+    dtype = getattr(p, "dtype", None)
+    dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(p)
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return dtype
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def _is_zero(x: Any) -> bool:
@@ -273,12 +298,13 @@ def as_placeholders(tree: Any) -> Any:
 
 
 def check_moment_tree(
-    updates: Any, moment: Any, name: str, *, shapes: bool = True
+    updates: Any, moment: Any, name: str, *, shapes: bool = True, what: str = "updates"
 ) -> None:
-    """Raise a ``ValueError`` naming both trees where ``updates`` does not
-    match a moment (or params) tree; a quantized moment counts as one leaf."""
+    """Raise a ``ValueError`` naming both trees where ``updates`` (or the tree
+    ``what`` names) does not match a moment (or params) tree; a quantized
+    moment counts as one leaf."""
     check = check_same_shapes if shapes else check_same_structure
-    check("updates", updates, name, as_placeholders(moment))
+    check(what, updates, name, as_placeholders(moment))
 
 
 def load(m: Any, dtype: Any) -> jax.Array:
@@ -295,7 +321,7 @@ def load(m: Any, dtype: Any) -> jax.Array:
     """
     if lowbit.is_quantized(m):
         return lowbit.dequantize(m).astype(dtype)
-    return m.astype(dtype)
+    return cast(m, dtype)
 
 
 def store(x: jax.Array, like: Any) -> Any:
@@ -312,11 +338,30 @@ def store(x: jax.Array, like: Any) -> Any:
     return x.astype(like.dtype)
 
 
+def cast(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` in ``dtype``; the real part where a complex value meets a real dtype.
+
+    A real param's moment kept complex (a complex ``mu_dtype``) has a zero
+    imaginary part; JAX warns when a cast drops it implicitly (and will refuse).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adamx.storage import cast
+        >>> cast(jnp.array([1.5 + 0j]), jnp.float32)
+        Array([1.5], dtype=float32)
+    """
+    if jnp.issubdtype(x.dtype, jnp.complexfloating) and not jnp.issubdtype(
+        dtype, jnp.complexfloating
+    ):
+        x = jnp.real(x)
+    return x.astype(dtype)
+
+
 def store_like(x: Any, like: Any) -> Any:
     """A fresh moment in the storage of ``like`` (already so when quantized)."""
     if lowbit.is_quantized(like):
         return x
-    return x.astype(like.dtype)
+    return cast(x, like.dtype)
 
 
 def as_stored_fns(*moments: Any) -> list[Callable[[jax.Array], jax.Array]]:
@@ -370,6 +415,6 @@ def update_moments(
         ``(update, *new_moments)``, the update in the shape of ``g``.
     """
     if not any(lowbit.is_quantized(m) for m in moments):
-        return body(g, *(m.astype(d) for m, d in zip(moments, dtypes, strict=True)))
+        return body(g, *(cast(m, d) for m, d in zip(moments, dtypes, strict=True)))
     # Only real floating params are quantized: their moments share one dtype.
     return lowbit.update_quantized(body, dtypes[0], g, *moments)

@@ -36,7 +36,7 @@ from adamx.base import (
 from adamx.combine import masked
 from adamx.moments import LeafStep, abs_sq, moment_transform, promoted
 from adamx.moments import debias as _debias
-from adamx.storage import Moment, Storage, check_moment_tree, real_dtype
+from adamx.storage import Moment, Storage, cast, check_moment_tree, real_dtype
 from adamx.traits import Stage, Traits
 
 __all__ = [
@@ -307,7 +307,7 @@ def _decayed(x: LeafStep, t: jax.Array, kept: Any, storage: Storage) -> jax.Arra
     """
     if not storage.in_dtypes:
         return x.h.decay * t
-    return (x.hyper(kept).decay * t.astype(kept)).astype(x.dtype)
+    return cast(x.hyper(kept).decay * cast(t, kept), x.dtype)
 
 
 class TraceState(NamedTuple):

@@ -1,5 +1,7 @@
 """Helpers the test modules share: a small problem, steps, and tree comparisons."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,3 +186,11 @@ def assert_lsq_runs_close(ours, theirs, tol=LSQ_TOL):
     moved = max(float(np.max(np.abs(ours[-1][k] - LSQ_START[k]))) for k in LSQ_START)
     assert moved > 1e-3, moved  # the run went somewhere
     return worst
+
+
+def xla_flags(devices: int) -> str:
+    """This process's ``XLA_FLAGS`` for a subprocess with ``devices`` host devices."""
+    count = "--xla_force_host_platform_device_count"
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    others = [f for f in flags if not f.startswith(count)]
+    return " ".join([f"{count}={devices}", *others])

@@ -16,6 +16,8 @@ Environment:
     ADAMX_OPTAX_SUITE_PLANT: if "adam", ``adam`` is replaced by an adamx Adam
         that steps uphill, for the canary that proves the substitution
         reaches the tests.
+    ADAMX_OPTAX_SUITE_BASELINE: if "1", nothing is replaced: Optax's tests run
+        against Optax itself, to tell adamx's failures from Optax's own.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def substitute() -> dict[str, str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    substitute()
+    if os.environ.get("ADAMX_OPTAX_SUITE_BASELINE") != "1":
+        substitute()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

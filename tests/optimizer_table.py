@@ -186,7 +186,7 @@ OPTIMIZERS: dict[str, Entry] = {
     ),
     # Schedule-free: Optax's twins equal the authors' without warm-up. Named
     # after their base optimizer (test_wrappers injects adamx.<first word>).
-    # Not frontier: z - y stays at full precision, so 8 bits store 0.63x.
+    # Not frontier: z stays at full precision, so 8 bits store 0.63x.
     "adamw_schedule_free": Entry(
         lambda **storage: adamx.schedule_free_adamw(1e-2, weight_decay=0.1, **storage),
         lambda: optax.contrib.schedule_free_adamw(1e-2, weight_decay=0.1),

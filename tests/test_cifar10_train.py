@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from cifar10 import data, model, train  # noqa: E402
+from helpers import xla_flags  # noqa: E402
 from test_cifar10_data import write_cifar10_folder, write_fashion_mnist  # noqa: E402
 
 import adamx  # noqa: E402
@@ -269,7 +270,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(fmnist, tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+        env={**os.environ, "XLA_FLAGS": xla_flags(1)},
     )
     try:
         deadline = time.monotonic() + 120

@@ -282,6 +282,16 @@ def test_states_have_optax_s_structure_and_dtypes(x64):
         assert [(x.shape, x.dtype) for x in a] == [(x.shape, x.dtype) for x in b]
 
 
+def test_init_takes_shape_dtype_structs_as_optax_does():
+    # What jax.eval_shape and sharding planners pass: shapes and dtypes only.
+    abstract = {"w": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32)}
+    concrete = {"w": jnp.zeros((2, 4, 8), jnp.float32)}
+    a = jax.tree.leaves(adamx.lbfgs(memory_size=3).init(abstract))
+    for make in (adamx.lbfgs, optax.lbfgs):
+        b = jax.tree.leaves(make(memory_size=3).init(concrete))
+        assert [(x.shape, x.dtype) for x in a] == [(x.shape, x.dtype) for x in b]
+
+
 # ------------------------------------------------------------ NumPy references
 
 

@@ -109,6 +109,32 @@ def test_its_trees_are_checked():
         tx.update({"v": jnp.zeros(3)}, state)
 
 
+# ------------------------------------------------------------ Python numbers
+
+
+def test_python_numbers_and_integer_params_get_float_moments_and_updates(x64):
+    # Optax takes Python numbers as params; an integer one gets float moments
+    # here (Optax keeps its second moment int32, truncated) and a float update.
+    tx = adamx.adam(0.1)
+    params = {"i": 3, "f": 2.5, "a": jnp.array([1, -2], jnp.int32)}
+    state = tx.init(params)
+    for leaf in jax.tree.leaves(state[0].mu) + jax.tree.leaves(state[0].nu):
+        assert leaf.dtype == jnp.float64
+    m = {k: np.zeros(np.shape(v)) for k, v in params.items()}
+    v = {k: np.zeros(np.shape(v)) for k, v in params.items()}
+    for t in range(1, 4):
+        grads = {"i": t, "f": -0.5 * t, "a": jnp.array([t, 1 - t], jnp.int32)}
+        updates, state = tx.update(grads, state)
+        for k, g in grads.items():
+            g = np.asarray(g, np.float64)
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v[k] = 0.999 * v[k] + 0.001 * g**2
+            m_hat, v_hat = m[k] / (1 - 0.9**t), v[k] / (1 - 0.999**t)
+            want = -0.1 * m_hat / (np.sqrt(v_hat) + 1e-8)
+            assert updates[k].dtype == jnp.float64
+            np.testing.assert_allclose(updates[k], want, rtol=1e-12)
+
+
 # ------------------------------------------------------------ complex params
 
 

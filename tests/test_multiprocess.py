@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from cifar10 import data, model, train  # noqa: E402
+from helpers import xla_flags  # noqa: E402
 from multiprocess_worker import results_of_runs  # noqa: E402
 from test_cifar10_data import write_fashion_mnist  # noqa: E402
 
@@ -44,7 +45,7 @@ def free_port() -> int:
 def start(devices: int, *command: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     return subprocess.Popen(
         [sys.executable, *command],
         env=env,

@@ -25,6 +25,7 @@ import tempfile
 
 import optax
 import pytest
+from helpers import xla_flags
 
 pytestmark = pytest.mark.optax_suite
 
@@ -39,21 +40,15 @@ FILES = sorted(
     # Optax's linear algebra (matrix roots, power iteration, nnls): not adamx's.
     and p.name != "linear_algebra_test.py"
 )
-# At least this share of the tests that exercise adamx pass: a floor under
-# the measured share (94.8% with every file run), to raise as the list
-# shortens; the aim is 0.98.
-MIN_PASS_RATE = 0.94
+# At least this share of the tests that exercise adamx (and pass with Optax
+# itself) pass; measured: 98.2%.
+MIN_PASS_RATE = 0.98
 
 # Why each listed test fails with adamx: a deliberate difference
 # (docs/guides/from-optax.md) or a gap not yet closed.
-_R01 = "Python int params: adamx's Adam needs array params"
-_R02 = "a complex mu_dtype for real params: adamx keeps a real param's moments real"
 _R03 = (
     "a label without a transformation is refused when partition is built, not at "
     "jitted init"
-)
-_R04 = (
-    "a mask that does not fit prints both tree structures, not JAX's dict-key message"
 )
 _R05 = "a negative value is refused unless signed=True"
 _R06 = (
@@ -67,99 +62,26 @@ _R09 = (
     "start)"
 )
 _R10 = "every adamx optimizer's state ends in ScaleByLearningRateState(step, rate)"
-_R11 = "extra arguments a stage does not take are ignored, as in every adamx chain"
 _R12 = "hyperparameters are stored in float32 unless hyperparam_dtype says otherwise"
-_R13 = "increase_factor=1e-5 refused at construction (it must be >= 1)"
 _R14 = (
     "inject_hyperparams refuses a stateful schedule: inject_stateful_hyperparams "
     "keeps its state"
 )
-_R15 = "lbfgs init on abstract inputs: not yet supported"
 _R16 = "masked hides leaf by leaf (one MaskedNode per leaf), so masks nest"
 _R17 = "negative scales refused unless signed=True"
-_R18 = "one float32 ulp from Optax's (7 decimal places asked)"
 _R19 = "refused at construction, where Optax warns and returns a constant"
-_R20 = "the state keeps z - y, not z"
 _R21 = "transition_steps=0 refused at construction"
-_R22 = "verbose messages worded differently"
 
 # nodeid (relative to the optax package) -> why it fails with adamx.
 EXPECTED_FAILURES: dict[str, str] = {
-    "_src/alias_test.py::AliasTest::test_explicit_dtype18": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype19": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype20": _R02,
     "_src/alias_test.py::AliasTest::test_explicit_dtype24": _R06,
     "_src/alias_test.py::AliasTest::test_explicit_dtype25": _R06,
     "_src/alias_test.py::AliasTest::test_explicit_dtype26": _R06,
     "_src/alias_test.py::AliasTest::test_explicit_dtype27": _R06,
     "_src/alias_test.py::AliasTest::test_explicit_dtype28": _R06,
     "_src/alias_test.py::AliasTest::test_explicit_dtype29": _R06,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype42": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype43": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype44": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype6": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype7": _R02,
-    "_src/alias_test.py::AliasTest::test_explicit_dtype8": _R02,
-    "_src/combine_test.py::ExtraArgsTest::test_extra_args": _R01,
     "_src/combine_test.py::PartitionTest::test_labels_mismatch2": _R03,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability0": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability1": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability10": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability11": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability12": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability13": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability14": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability15": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability2": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability3": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability4": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability5": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability6": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability7": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability8": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_dtype_stability9": _R13,
-    "_src/linesearch_test.py::BacktrackingLinesearchTest::test_linesearch_raises_on_unused_extra_args": (  # noqa: E501
-        _R11
-    ),
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability0": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability1": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability10": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability11": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability12": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability13": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability14": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability15": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability2": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability3": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability4": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability5": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability6": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability7": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability8": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_dtype_stability9": _R13,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_failure_descent_direction": _R22,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_failure_flat_fun": _R22,
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_failure_too_small_max_stepsize": (  # noqa: E501
-        _R22
-    ),
-    "_src/linesearch_test.py::ZoomLinesearchTest::test_zoom_linesearch_raises_on_unused_extra_args": (  # noqa: E501
-        _R11
-    ),
-    "_src/sharding_test.py::ShardingTest::test_init_with_abstract_input_lbfgs": _R15,
     "_src/transform_test.py::TransformTest::test_lion_invalid_mode_raises": _R08,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype0": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype1": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype10": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype12": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype13": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype14": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype15": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype2": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype3": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype4": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype5": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype6": _R20,
-    "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype7": _R20,
     "schedules/_inject_test.py::InjectHyperparamsTest::test_hyperparam_default_dtype_bf16": (  # noqa: E501
         _R12
     ),
@@ -185,13 +107,7 @@ EXPECTED_FAILURES: dict[str, str] = {
     "schedules/_schedule_test.py::PolynomialTest::test_zero_steps_schedule": _R21,
     "schedules/_schedule_test.py::WarmupCosineDecayTest::test_with_exponent": _R05,
     "schedules/_schedule_test.py::WarmupCosineDecayTest::test_zero_peak_value": _R05,
-    "transforms/_clipping_test.py::ClippingTest::test_clip_by_block_rms": _R18,
-    "transforms/_combining_test.py::ExtraArgsTest::test_extra_args": _R01,
     "transforms/_combining_test.py::PartitionTest::test_labels_mismatch2": _R03,
-    "transforms/_freezing_test.py::FreezeTest::test_bad_structure_raises": _R04,
-    "transforms/_freezing_test.py::SelectiveTransformTest::test_selective_bad_structure": (  # noqa: E501
-        _R04
-    ),
     "transforms/_masking_test.py::MaskedTest::test_masked_state_structure": _R16,
     "transforms/_monitoring_test.py::MonitoringTest::test_monitor": _R07,
     "tree_utils/_state_utils_test.py::StateUtilsTest::test_adam": _R10,
@@ -204,21 +120,45 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
 }
 
+# Tests that fail with Optax 0.2.8 itself on this JAX (a run with nothing
+# replaced): they measure neither library, so they count neither way in the
+# pass rate, and a check confirms each still fails with Optax.
+OPTAX_OWN_FAILURES: dict[str, str] = {
+    "transforms/_clipping_test.py::ClippingTest::test_clip_by_block_rms": (
+        "asks a float32 root mean square to 7 decimal places; Optax's is one "
+        "ulp (1.2e-7) off too"
+    ),
+    "transforms/_freezing_test.py::FreezeTest::test_bad_structure_raises": (
+        "looks for JAX's old 'Dict key mismatch' wording, which JAX 0.10 no "
+        "longer prints"
+    ),
+    "transforms/_freezing_test.py::SelectiveTransformTest::test_selective_bad_structure": (  # noqa: E501
+        "looks for JAX's old 'Dict key mismatch' wording, which JAX 0.10 no "
+        "longer prints"
+    ),
+}
+
 
 def run_suite(
-    files: list[str], *args: str, plant: str | None = None, workers: int = 0
+    files: list[str],
+    *args: str,
+    plant: str | None = None,
+    workers: int = 0,
+    baseline: bool = False,
 ) -> dict[str, list]:
-    """``{nodeid: [outcome, exercised adamx, message]}`` of Optax's tests."""
+    """``{nodeid: [outcome, exercised adamx, message]}`` of Optax's tests
+    (``baseline``: run against Optax itself, nothing replaced)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.json")
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
             ADAMX_OPTAX_SUITE_REPORT=report,
-            XLA_FLAGS="--xla_force_host_platform_device_count=8",
+            XLA_FLAGS=xla_flags(8),
             JAX_PLATFORMS="cpu",
         )
         env.pop("ADAMX_OPTAX_SUITE_PLANT", None)
+        env["ADAMX_OPTAX_SUITE_BASELINE"] = "1" if baseline else "0"
         if plant:
             env["ADAMX_OPTAX_SUITE_PLANT"] = plant
         command = [
@@ -255,9 +195,10 @@ def run_suite(
 
 
 def summary(results: dict[str, list]) -> tuple[set[str], int, int]:
-    """Failed nodeids, and how many tests exercise adamx and how many of those pass."""
+    """Failed nodeids, and how many tests exercise adamx and how many of those
+    pass (of the tests that pass with Optax itself)."""
     failed = {k for k, v in results.items() if v[0] == "failed"}
-    exercised = [k for k, v in results.items() if v[1]]
+    exercised = [k for k, v in results.items() if v[1] and k not in OPTAX_OWN_FAILURES]
     passed = [k for k in exercised if results[k][0] == "passed"]
     return failed, len(exercised), len(passed)
 
@@ -265,7 +206,8 @@ def summary(results: dict[str, list]) -> tuple[set[str], int, int]:
 def test_optax_suite_fails_only_where_listed():
     results = run_suite(FILES, workers=int(os.environ.get("ADAMX_OPTAX_WORKERS", 0)))
     failed, exercised, passed = summary(results)
-    new = {k: results[k][2] for k in sorted(failed - set(EXPECTED_FAILURES))}
+    listed = set(EXPECTED_FAILURES) | set(OPTAX_OWN_FAILURES)
+    new = {k: results[k][2] for k in sorted(failed - listed)}
     fixed = sorted(set(EXPECTED_FAILURES) - failed)
     assert not new, (
         "Optax tests that fail with adamx and are not listed:\n"
@@ -274,6 +216,12 @@ def test_optax_suite_fails_only_where_listed():
     assert not fixed, f"listed as failing but passing (or gone): {fixed}"
     assert exercised > 1000, f"only {exercised} of Optax's tests reached adamx"
     assert passed / exercised >= MIN_PASS_RATE, (passed, exercised)
+
+
+def test_optax_own_failures_fail_with_optax_itself():
+    results = run_suite(sorted(OPTAX_OWN_FAILURES), baseline=True)
+    assert sorted(results) == sorted(OPTAX_OWN_FAILURES)
+    assert all(v[0] == "failed" for v in results.values()), results
 
 
 # Optax's convergence tests of Adam (parabola and Rosenbrock, float32 and
@@ -296,8 +244,10 @@ if __name__ == "__main__":
     found = run_suite(FILES, workers=int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     failed, exercised, passed = summary(found)
     print(f"{passed} of {exercised} exercising adamx pass; {len(failed)} fail")
-    for nodeid in sorted(failed):
+    for nodeid in sorted(failed - set(OPTAX_OWN_FAILURES)):
         print(f"    {nodeid!r}: {found[nodeid][2]!r},")
+    skipped = sorted(k for k, v in found.items() if v[1] and v[0] == "skipped")
+    print(f"skipped after calling adamx: {skipped}")
     per_file: dict[str, float] = {}
     for nodeid, v in found.items():
         name = nodeid.split("::")[0]

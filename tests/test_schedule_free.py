@@ -307,13 +307,13 @@ def test_eval_params_without_a_schedule_free_state_say_so():
 # ------------------------------------------------------------ storage
 
 
-def test_state_bits_store_the_second_moment_and_state_dtype_z_minus_y():
+def test_state_bits_store_the_second_moment_and_state_dtype_z():
     params = {"w": jnp.zeros((128, 64))}
     s = adamx.schedule_free_adamw(state_dtype=jnp.bfloat16).init(params)
-    assert s.z_offset["w"].dtype == jnp.bfloat16
+    assert s.z["w"].dtype == jnp.bfloat16
     assert s.base_optimizer_state[0].nu["w"].dtype == jnp.float32
     s = adamx.schedule_free_adamw(state_bits=8).init(params)
-    assert s.z_offset["w"].dtype == jnp.float32
+    assert s.z["w"].dtype == jnp.float32
     assert isinstance(s.base_optimizer_state[0].nu["w"], adamx.QuantizedArray)
 
 
