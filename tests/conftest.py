@@ -2,14 +2,8 @@
 
 import os
 
-# Set before JAX is imported anywhere: pmap and sharding tests need several
-# devices. The suite compiles thousands of small programs and runs each a few
-# times, so the compiler skips most of its machine-code optimization, which
-# tests of numbers do not need (docs/contributing.md).
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-)
+# Set before JAX is imported anywhere: pmap and sharding tests need several devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
