@@ -63,8 +63,7 @@ test: lint typecheck docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # Optax's own test files, run against adamx in a process of their own
-# (tests/test_optax_conformance.py): about 7 minutes of CPU, so not yet a step
-# of CI, which must stay under 20 minutes.
+# (tests/test_optax_conformance.py); CI runs them as a step of their own.
 test-optax: setup
 	ADAMX_OPTAX_WORKERS=$(PYTEST_WORKERS) $(BIN)/python -m pytest -m optax_suite \
 		tests/test_optax_conformance.py

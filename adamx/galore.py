@@ -474,10 +474,13 @@ def galore(
         ...     return jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
         >>> tx = adamx.galore(learning_rate=0.01, rank=16)
         >>> params = {"w": jnp.ones((100, 100)), "b": jnp.ones((100,))}
+        >>> @jax.jit
+        ... def step(params, state):
+        ...     updates, state = tx.update(jax.grad(f)(params), state, params)
+        ...     return adamx.apply_updates(params, updates), state
         >>> state = tx.init(params)
         >>> for _ in range(5):
-        ...     updates, state = tx.update(jax.grad(f)(params), state, params)
-        ...     params = adamx.apply_updates(params, updates)
+        ...     params, state = step(params, state)
         >>> print(f"{float(f(params)):.1f}")
         9990.6
 

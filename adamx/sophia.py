@@ -460,12 +460,15 @@ def sophia(
         ...     return jnp.sum(jnp.array([100.0, 1.0]) * p**2)
         >>> tx = adamx.sophia(0.5, b1=0.5, b2=0.5, weight_decay=0.0, gamma=1.0,
         ...                   update_interval=1)
+        >>> @jax.jit
+        ... def step(params, state):
+        ...     grads = jax.grad(loss)(params)
+        ...     updates, state = tx.update(grads, state, params, obj_fn=loss)
+        ...     return adamx.apply_updates(params, updates), state
         >>> params = jnp.array([1.0, -2.0])
         >>> state = tx.init(params)
         >>> for _ in range(30):
-        ...     grads = jax.grad(loss)(params)
-        ...     updates, state = tx.update(grads, state, params, obj_fn=loss)
-        ...     params = adamx.apply_updates(params, updates)
+        ...     params, state = step(params, state)
         >>> bool(jnp.abs(params).max() < 1e-3)  # from a condition number of 100
         True
 

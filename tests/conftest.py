@@ -2,8 +2,14 @@
 
 import os
 
-# Set before JAX is imported anywhere: pmap and sharding tests need several devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Set before JAX is imported anywhere: pmap and sharding tests need several
+# devices. The suite compiles thousands of small programs and runs each a few
+# times, so LLVM optimizes the machine code less (docs/contributing.md); -O0
+# changed bits the native-step tests compare, -O1 does not.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1",
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -156,6 +156,12 @@ def run_suite(
             ADAMX_OPTAX_SUITE_REPORT=report,
             XLA_FLAGS=xla_flags(8),
             JAX_PLATFORMS="cpu",
+            # Optax's tests build the same small programs again and again (one
+            # optimizer, the same params, test after test): its workers share
+            # what they compiled (docs/contributing.md).
+            JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, "jax-cache"),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )
         env.pop("ADAMX_OPTAX_SUITE_PLANT", None)
         env["ADAMX_OPTAX_SUITE_BASELINE"] = "1" if baseline else "0"

@@ -197,7 +197,12 @@ def test_quantized_adam_follows_fp32_adam_for_100_steps(bits):
     assert our_loss[-1] < 0.7 * our_loss[0]
 
 
+FRONTIER = set(ids("frontier", "state_bits", without=CORE))
+
+
 # 8-bit, measured: deviations of 2.7% (lamb) to 9.4% (radam), loss within 8.4%.
+# Adam's successors (the table's ``frontier`` tag) promise more: state at most
+# 0.4x the float32 state's bytes, and the float32 run's final loss within 5%.
 @pytest.mark.parametrize("name", STATE_BITS)
 def test_each_optimizer_follows_its_fp32_run_at_8_bits(name):
     entry = OPTIMIZERS[name]
@@ -206,23 +211,20 @@ def test_each_optimizer_follows_its_fp32_run_at_8_bits(name):
     dev = np.linalg.norm(ours[-1] - ref[-1]) / np.linalg.norm(ref[-1])
     assert dev < 0.15, dev
     assert np.abs(our_loss / ref_loss - 1).max() < 0.12
+    if name in FRONTIER:
+        params = big_params()
+        full = adamx.lowbit.state_nbytes(entry.ours().init(params))
+        eight = adamx.lowbit.state_nbytes(entry.ours(state_bits=8).init(params))
+        assert eight <= 0.4 * full, (eight, full)
+        assert ref_loss[-1] < 0.5 * ref_loss[0]  # it trains: the loss says something
+        assert abs(our_loss[-1] / ref_loss[-1] - 1) < 0.05, (
+            our_loss[-1],
+            ref_loss[-1],
+        )
 
 
-# Adam's successors (the table's ``frontier`` tag) at 8 bits: state at most
-# 0.4x the float32 state's bytes, and the float32 run's final loss within 5%.
-@pytest.mark.parametrize("name", ids("frontier", "state_bits", without=CORE))
-def test_frontier_optimizers_at_8_bits_keep_their_loss_in_under_half_the_bytes(
-    name,
-):
-    entry = OPTIMIZERS[name]
-    params = big_params()
-    full = adamx.lowbit.state_nbytes(entry.ours().init(params))
-    eight = adamx.lowbit.state_nbytes(entry.ours(state_bits=8).init(params))
-    assert eight <= 0.4 * full, (eight, full)
-    _, ref_loss = quadratic_run(entry.ours(), steps=100)
-    _, our_loss = quadratic_run(entry.ours(state_bits=8), steps=100)
-    assert ref_loss[-1] < 0.5 * ref_loss[0]  # it trains, so the loss says something
-    assert abs(our_loss[-1] / ref_loss[-1] - 1) < 0.05, (our_loss[-1], ref_loss[-1])
+def test_every_frontier_optimizer_with_state_bits_is_in_the_8_bit_check():
+    assert FRONTIER and FRONTIER <= set(STATE_BITS)
 
 
 # ---------------------------------- jit, donation, scan, checkpoint, sharding
