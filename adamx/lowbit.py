@@ -336,6 +336,34 @@ def _per_block(x: jax.Array, ndim: int) -> jax.Array:
     return x.reshape(x.shape + (1,) * (ndim - 1))
 
 
+def _quantize_in(x: jax.Array, fmt: QuantizedFormat) -> QuantizedArray:
+    cmap = _MAPS[(fmt.code_map, fmt.bits)]
+    codes, absmax = _quantize_blocks(
+        _as_blocks(x, fmt).astype(jnp.float32), cmap, fmt.bits
+    )
+    return QuantizedArray(codes, absmax, fmt)
+
+
+def _dequantize_from(q: QuantizedArray, fmt: QuantizedFormat) -> jax.Array:
+    cmap = _MAPS[(fmt.code_map, fmt.bits)]
+    blocks = _dequantize_blocks(q.codes, q.absmax, cmap, fmt.bits)
+    return _from_blocks(blocks, fmt.shape, fmt.dtype)
+
+
+_COMPILED = {
+    _quantize_in: jax.jit(_quantize_in, static_argnums=1),
+    _dequantize_from: jax.jit(_dequantize_from, static_argnums=1),
+}
+
+
+def _eagerly_compiled(fn: Callable, x: Any, fmt: QuantizedFormat) -> Any:
+    """``fn(x, fmt)``: inline when traced, else as one compiled program (op by
+    op, a dozen small ops cost a compile each for every new shape)."""
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(x)):
+        return fn(x, fmt)
+    return _COMPILED[fn](x, fmt)
+
+
 # ------------------------------------------------------------ QuantizedArray
 
 
@@ -556,9 +584,7 @@ def quantize(
     """
     x = jnp.asarray(x)
     fmt = _format(tuple(x.shape), x.dtype, bits, signed, block_size)
-    cmap = _MAPS[(fmt.code_map, bits)]
-    codes, absmax = _quantize_blocks(_as_blocks(x, fmt).astype(jnp.float32), cmap, bits)
-    return QuantizedArray(codes, absmax, fmt)
+    return _eagerly_compiled(_quantize_in, x, fmt)
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
@@ -576,10 +602,7 @@ def dequantize(q: QuantizedArray) -> jax.Array:
         >>> dequantize(quantize(jnp.array([-2.0, 0.0, 1.0]), bits=8))
         Array([-1.9859375,  0.       ,  1.0015625], dtype=float32)
     """
-    fmt = q.format
-    cmap = _MAPS[(fmt.code_map, fmt.bits)]
-    blocks = _dequantize_blocks(q.codes, q.absmax, cmap, fmt.bits)
-    return _from_blocks(blocks, fmt.shape, fmt.dtype)
+    return _eagerly_compiled(_dequantize_from, q, q.format)
 
 
 def zeros(
@@ -843,11 +866,7 @@ def requantize(x: jax.Array, like: QuantizedArray) -> QuantizedArray:
         >>> float(q.dequantize()[0])
         2.0
     """
-    fmt = like.format
-    cmap = _MAPS[(fmt.code_map, fmt.bits)]
-    blocks = _as_blocks(x, fmt).astype(jnp.float32)
-    codes, absmax = _quantize_blocks(blocks, cmap, fmt.bits)
-    return QuantizedArray(codes, absmax, fmt)
+    return _eagerly_compiled(_quantize_in, x, like.format)
 
 
 # ------------------------------------------------------------------ counting
