@@ -294,3 +294,31 @@ def test_quantized_step_writes_no_float32_moment(bits, n):
     # inverses): well under one float32 moment, 4 * n bytes.
     allowed = 2 * n * bits // 8 + 8 * 4 * blocks + 4096
     assert scratch <= allowed < 4 * n, (scratch, allowed)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("signed", [True, False])
+def test_outside_jit_the_codes_are_those_traced_inside_a_program(bits, signed):
+    # Outside jit, quantize and dequantize run as a compiled program of their
+    # own; inside one they are inlined: the two give the same bits.
+    rng = np.random.default_rng(bits + signed)
+    x = rng.normal(size=(33, 131)).astype(np.float32)
+    x = jnp.asarray(x if signed else np.abs(x))
+    eager = lowbit.quantize(x, bits, signed)
+    traced = jax.jit(lambda x: lowbit.quantize(x, bits, signed))(x)
+    assert eager.format == traced.format
+    np.testing.assert_array_equal(eager.codes, traced.codes)
+    np.testing.assert_array_equal(
+        np.asarray(eager.absmax).view(np.uint32),
+        np.asarray(traced.absmax).view(np.uint32),
+    )
+    back = lowbit.dequantize(eager)
+    assert back.shape == x.shape and back.dtype == x.dtype
+    np.testing.assert_array_equal(
+        np.asarray(back).view(np.uint32),
+        np.asarray(jax.jit(lowbit.dequantize)(eager)).view(np.uint32),
+    )
+    again = lowbit.requantize(back * 2, eager)
+    np.testing.assert_array_equal(
+        again.codes, jax.jit(lowbit.requantize)(back * 2, eager).codes
+    )
