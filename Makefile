@@ -63,7 +63,8 @@ test: lint typecheck docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # Optax's own test files, run against adamx in a process of their own
-# (tests/test_optax_conformance.py); CI runs them as a step of their own.
+# (tests/test_optax_conformance.py): about 5 minutes on two cores, not yet a
+# step of CI, which must stay under 20 minutes (docs/contributing.md).
 test-optax: setup
 	ADAMX_OPTAX_WORKERS=$(PYTEST_WORKERS) $(BIN)/python -m pytest -m optax_suite \
 		tests/test_optax_conformance.py
