@@ -350,18 +350,14 @@ def _dequantize_from(q: QuantizedArray, fmt: QuantizedFormat) -> jax.Array:
     return _from_blocks(blocks, fmt.shape, fmt.dtype)
 
 
-_COMPILED = {
-    _quantize_in: jax.jit(_quantize_in, static_argnums=1),
-    _dequantize_from: jax.jit(_dequantize_from, static_argnums=1),
-}
+# Outside a trace, each runs as one compiled program: op by op, its dozen small
+# ops would cost a compile each for every new shape.
+_quantize_compiled = jax.jit(_quantize_in, static_argnums=1)
+_dequantize_compiled = jax.jit(_dequantize_from, static_argnums=1)
 
 
-def _eagerly_compiled(fn: Callable, x: Any, fmt: QuantizedFormat) -> Any:
-    """``fn(x, fmt)``: inline when traced, else as one compiled program (op by
-    op, a dozen small ops cost a compile each for every new shape)."""
-    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(x)):
-        return fn(x, fmt)
-    return _COMPILED[fn](x, fmt)
+def _traced(x: Any) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(x))
 
 
 # ------------------------------------------------------------ QuantizedArray
@@ -584,7 +580,7 @@ def quantize(
     """
     x = jnp.asarray(x)
     fmt = _format(tuple(x.shape), x.dtype, bits, signed, block_size)
-    return _eagerly_compiled(_quantize_in, x, fmt)
+    return (_quantize_in if _traced(x) else _quantize_compiled)(x, fmt)
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
@@ -602,7 +598,7 @@ def dequantize(q: QuantizedArray) -> jax.Array:
         >>> dequantize(quantize(jnp.array([-2.0, 0.0, 1.0]), bits=8))
         Array([-1.9859375,  0.       ,  1.0015625], dtype=float32)
     """
-    return _eagerly_compiled(_dequantize_from, q, q.format)
+    return (_dequantize_from if _traced(q) else _dequantize_compiled)(q, q.format)
 
 
 def zeros(
@@ -866,7 +862,7 @@ def requantize(x: jax.Array, like: QuantizedArray) -> QuantizedArray:
         >>> float(q.dequantize()[0])
         2.0
     """
-    return _eagerly_compiled(_quantize_in, x, like.format)
+    return (_quantize_in if _traced(x) else _quantize_compiled)(x, like.format)
 
 
 # ------------------------------------------------------------------ counting
