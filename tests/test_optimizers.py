@@ -52,7 +52,7 @@ def test_float32_run_matches_optax_and_is_at_least_as_accurate(name):
     # below says which side is closer.
     assert_trees_close(ours, theirs, rtol=1e-4, atol=3e-5)
     if name not in ACCURACY_IDS:
-        return  # a variant of an optimizer checked below: the same rounding
+        return  # a variant, schedule or wrapper of an optimizer checked plain
     # Against the same run in float64, adamx's float32 error is no larger.
     jax.config.update("jax_enable_x64", True)
     try:

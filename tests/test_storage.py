@@ -223,10 +223,6 @@ def test_each_optimizer_follows_its_fp32_run_at_8_bits(name):
         )
 
 
-def test_every_frontier_optimizer_with_state_bits_is_in_the_8_bit_check():
-    assert FRONTIER and FRONTIER <= set(STATE_BITS)
-
-
 # ---------------------------------- jit, donation, scan, checkpoint, sharding
 
 
