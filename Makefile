@@ -63,16 +63,17 @@ test: lint typecheck docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # Optax's own test files, run against adamx in a process of their own
-# (tests/test_optax_conformance.py): about 5 minutes on two cores, not yet a
-# step of CI, which must stay under 20 minutes (docs/contributing.md).
+# (tests/test_optax_conformance.py): a step of CI of its own.
 test-optax: setup
 	ADAMX_OPTAX_WORKERS=$(PYTEST_WORKERS) $(BIN)/python -m pytest -m optax_suite \
 		tests/test_optax_conformance.py
 
 # The benchmark programs on tiny sizes and checks of what XLA compiles: CI runs
-# them as a step of their own.
+# them as a step of their own, with XLA's fusion emitters (the code users get;
+# tests/conftest.py compiles the rest of the suite with its older emitters).
+INTERNALS_XLA_FLAGS := --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1
 test-internals: setup
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m internals tests
+	XLA_FLAGS="$(INTERNALS_XLA_FLAGS)" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m internals tests
 
 format: setup
 	$(BIN)/ruff format adamx tests examples benchmarks docs

@@ -4,11 +4,15 @@ import os
 
 # Set before JAX is imported anywhere: pmap and sharding tests need several
 # devices. The suite compiles thousands of small programs and runs each a few
-# times, so LLVM optimizes the machine code less (docs/contributing.md); -O0
-# changed bits the native-step tests compare, -O1 does not.
+# times, so LLVM optimizes the machine code less and XLA's element-wise
+# emitters take the place of its fusion emitters, which compile in half the
+# time (docs/contributing.md); -O0 changed bits the native-step tests compare,
+# -O1 does not. Tests of bit-equality between programs that differ in what is
+# constant compile those programs with helpers.DEFAULT_CODEGEN.
 os.environ.setdefault(
     "XLA_FLAGS",
-    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1",
+    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1"
+    " --xla_cpu_use_fusion_emitters=false",
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -8,6 +8,15 @@ import numpy as np
 
 import adamx
 
+#: XLA's default code generation, for one program: ``jax.jit(f,
+#: compiler_options=DEFAULT_CODEGEN)``. The suite compiles with XLA's older
+#: element-wise emitters (tests/conftest.py), which fold and fuse constants
+#: differently; a test that two programs differing in what is a constant (a plain
+#: optimizer and the same one with injected hyperparameters) give the same bits
+#: checks that with the code generation users get.
+DEFAULT_CODEGEN = {"xla_cpu_use_fusion_emitters": True}
+_EMITTERS = "--xla_cpu_use_fusion_emitters"
+
 #: The modules that hold optimizers (factories taking the learning rate first,
 #: and their ``scale_by_*``): the reference and signature checks cover each.
 OPTIMIZER_MODULES = (
@@ -188,9 +197,11 @@ def assert_lsq_runs_close(ours, theirs, tol=LSQ_TOL):
     return worst
 
 
-def xla_flags(devices: int) -> str:
-    """This process's ``XLA_FLAGS`` for a subprocess with ``devices`` host devices."""
+def xla_flags(devices: int, default_codegen: bool = False) -> str:
+    """This process's ``XLA_FLAGS`` for a subprocess with ``devices`` host devices
+    (``default_codegen``: with XLA's fusion emitters, as :data:`DEFAULT_CODEGEN`)."""
     count = "--xla_force_host_platform_device_count"
     flags = os.environ.get("XLA_FLAGS", "").split()
-    others = [f for f in flags if not f.startswith(count)]
+    drop = (count, _EMITTERS) if default_codegen else (count,)
+    others = [f for f in flags if not f.startswith(drop)]
     return " ".join([f"{count}={devices}", *others])

@@ -23,7 +23,7 @@ import optax
 import optax.contrib
 import pytest
 import torch
-from helpers import assert_bitwise_equal, assert_trees_close
+from helpers import DEFAULT_CODEGEN, assert_bitwise_equal, assert_trees_close
 from pytorch_optimizer import AdEMAMix
 
 import adamx
@@ -50,11 +50,13 @@ def grad_numpy(p):
     }
 
 
-def trajectory(tx, apply_updates, dtype=jnp.float64, steps=STEPS):
+def trajectory(
+    tx, apply_updates, dtype=jnp.float64, steps=STEPS, compiler_options=None
+):
     """The params after each step of ``tx``, from ``P0``, as float64 arrays."""
     params = {k: jnp.asarray(v, dtype) for k, v in P0.items()}
     state = tx.init(params)
-    update = jax.jit(tx.update)
+    update = jax.jit(tx.update, compiler_options=compiler_options)
     out = []
     for _ in range(steps):
         g = grad_numpy({k: np.asarray(v, np.float64) for k, v in params.items()})
@@ -441,9 +443,16 @@ def test_every_moment_takes_state_bits(bits):
 
 def test_injected_warmups_are_bitwise_the_plain_optimizer_and_readable():
     hyper = dict(alpha=ALPHA(5.0, 20), b3=BETA(0.999, 20, 0.9), weight_decay=0.01)
-    plain = trajectory(adamx.ademamix(1e-2, **hyper), adamx.apply_updates, jnp.float32)
+    plain = trajectory(
+        adamx.ademamix(1e-2, **hyper),
+        adamx.apply_updates,
+        jnp.float32,
+        compiler_options=DEFAULT_CODEGEN,
+    )
     tx = adamx.inject_hyperparams(adamx.ademamix)(1e-2, **hyper)
-    injected = trajectory(tx, adamx.apply_updates, jnp.float32)
+    injected = trajectory(
+        tx, adamx.apply_updates, jnp.float32, compiler_options=DEFAULT_CODEGEN
+    )
     assert_bitwise_equal(plain, injected)
     params = {k: jnp.asarray(v, jnp.float32) for k, v in P0.items()}
     state = tx.init(params)

@@ -4,6 +4,7 @@ singular value) and a NumPy transcription, against ``torch.optim.Muon``,
 8-bit state, bad input, composition with the wrappers, and the sharded step
 that orthogonalizes whole matrices per device."""
 
+import functools
 import re
 
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
-from helpers import assert_bitwise_equal, assert_trees_close
+from helpers import DEFAULT_CODEGEN, assert_bitwise_equal, assert_trees_close
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -465,8 +466,8 @@ def test_complex_params_with_bfloat16_matmuls_are_refused():
 # -------------------------------------------------------------- composition
 
 
-def run(tx, params, steps=8):
-    @jax.jit
+def run(tx, params, steps=8, compiler_options=None):
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def step(p, s, i):
         u, s = tx.update(grads_at(p, i), s, p)
         return adamx.apply_updates(p, u), s
@@ -479,9 +480,13 @@ def run(tx, params, steps=8):
 
 def test_injected_hyperparameters_are_bitwise_the_plain_ones():
     params = params_tree(jnp.float32)
-    plain, _ = run(adamx.muon(0.02, beta=0.9, weight_decay=0.1), params)
+    plain, _ = run(
+        adamx.muon(0.02, beta=0.9, weight_decay=0.1),
+        params,
+        compiler_options=DEFAULT_CODEGEN,
+    )
     tx = adamx.inject_hyperparams(adamx.muon)(0.02, beta=0.9, weight_decay=0.1)
-    injected, state = run(tx, params)
+    injected, state = run(tx, params, compiler_options=DEFAULT_CODEGEN)
     assert_bitwise_equal(injected, plain)
     assert {"learning_rate", "beta", "eps", "weight_decay"} <= set(state.hyperparams)
     assert "ns_steps" not in state.hyperparams  # the loop's length is static

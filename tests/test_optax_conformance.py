@@ -154,7 +154,9 @@ def run_suite(
             os.environ,
             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
             ADAMX_OPTAX_SUITE_REPORT=report,
-            XLA_FLAGS=xla_flags(8),
+            # Optax's tests run long loops of small programs, faster with XLA's
+            # fusion emitters than the rest of the suite's flags.
+            XLA_FLAGS=xla_flags(8, default_codegen=True),
             JAX_PLATFORMS="cpu",
             # Optax's tests build the same small programs again and again (one
             # optimizer, the same params, test after test): its workers share

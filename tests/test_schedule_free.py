@@ -9,7 +9,7 @@ import optax.contrib
 import pytest
 import schedulefree
 import torch
-from helpers import assert_trees_close, batch, make_params, run
+from helpers import DEFAULT_CODEGEN, assert_trees_close, batch, make_params, run
 
 import adamx
 
@@ -249,7 +249,7 @@ def test_injected_steps_are_bitwise_the_plain_ones():
     injected = adamx.inject_hyperparams(adamx.schedule_free_adamw)(1e-2, **kw)
     results = []
     for tx in (plain, injected):
-        update = jax.jit(tx.update)
+        update = jax.jit(tx.update, compiler_options=DEFAULT_CODEGEN)
         p, s = make_params(), tx.init(make_params())
         for _ in range(8):
             u, s = update(jax.tree.map(jnp.sin, p), s, p)
