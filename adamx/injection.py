@@ -343,12 +343,14 @@ def inject_hyperparams(
     .. math:: h_t = s(t), \qquad (u_t, S_t) = f(h_t)(g_t, S_{t-1})
 
     and its current value is readable in ``state.hyperparams``. Each update is
-    bitwise equal to the plain optimizer's in float32, given the same inputs:
-    the transforms do their arithmetic on hyperparameters in the dtype of the
-    computation whether the value is a Python float or an array. (Compiled
-    into one program with the rest of a training step, the plain optimizer's
-    hyperparameters are constants that XLA may fold into neighbouring
-    arithmetic; that can move the last bit of a step.)
+    bitwise equal to the plain optimizer's in float32, given the same inputs,
+    when run op by op: the transforms do their arithmetic on hyperparameters in
+    the dtype of the computation whether the value is a Python float or an
+    array. (Compiled, alone or with the rest of a training step, the plain
+    optimizer's hyperparameters are constants that XLA may fold into
+    neighbouring arithmetic, in ways that depend on its code generation; that
+    can move the last bit of a step. The test suite finds the compiled steps
+    bitwise equal too on its problems, with XLA's default flags.)
 
     Which arguments become hyperparameters is decided from the factory's
     signature, by the types its annotations resolve to: a parameter that takes
