@@ -70,17 +70,7 @@ def test_float32_run_matches_optax_and_is_at_least_as_accurate(name):
     assert error(ours) <= 1.5 * error(theirs) + 1e-7
 
 
-# The element-wise optimizers share one code path (the moment framework): pmap
-# runs every optimizer whose update looks beyond one element, and four others.
-PMAP_IDS = [
-    name
-    for name in ids(without=(*CORE, "lean"))
-    if name not in ids("elementwise")
-    or name in ("adam", "adamw_schedule_free", "lion", "sgd_momentum")
-]
-
-
-@pytest.mark.parametrize("name", PMAP_IDS)
+@pytest.mark.parametrize("name", ids(without=(*CORE, "lean")))
 def test_pmap_with_pmean_matches_single_device(name):
     n = jax.local_device_count()
     assert n == 8, "conftest asks for 8 host devices"

@@ -271,11 +271,9 @@ NO_RATE = ("rprop",)
     "name", [n for n in ids(without=("schedule", "variant")) if n not in NO_RATE]
 )
 def test_get_learning_rate_reads_every_optimizer(name):
-    # Read from the state init builds (the state keeps its structure through
-    # the steps; the next test reads one after training).
     tx, _ = OPTIMIZERS[name]()
-    params, _ = quadratic_problem()
-    state = tx.init(params)
+    params, loss = quadratic_problem()
+    _, state = train(tx, params, loss, 2)
     expected = {"lion": 1e-3, "simplified_ademamix": 1e-3, "adam_mini": 0.1}
     expected = expected.get(name, 1e-2)
     assert float(adamx.get_learning_rate(state)) == pytest.approx(expected, rel=1e-6)
