@@ -209,15 +209,21 @@ def _name(update: TransformUpdateFn, traits: Traits) -> str:
     return qualname.split(".<locals>")[0]
 
 
+class JoinedLeaves:
+    """Base class of params layouts that join several leaves into one buffer.
+
+    A per-leaf transformation's ``init`` refuses such params
+    (:class:`adamx.FlatParams` is one). Defined here, beside that guard,
+    because the flat layout is built on this module.
+    """
+
+
 def _refusing_flat_params(init: TransformInitFn, name: str) -> TransformInitFn:
     """``init``, refusing a flat layout: a per-leaf transformation's guard."""
 
     @functools.wraps(init)
     def init_fn(params: Params) -> OptState:
-        # Imported here: the flat layout is built on this module.
-        from adamx.flat import FlatParams
-
-        is_flat = lambda x: isinstance(x, FlatParams)  # noqa: E731
+        is_flat = lambda x: isinstance(x, JoinedLeaves)  # noqa: E731
         if any(map(is_flat, jax.tree.leaves(params, is_leaf=is_flat))):
             raise TypeError(
                 f"{name} works leaf by leaf (per-leaf "

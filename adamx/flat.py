@@ -45,6 +45,7 @@ import numpy as np
 from adamx.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
+    JoinedLeaves,
     wider_dtype,
 )
 from adamx.combine import call_update, check_transformation
@@ -66,7 +67,7 @@ class _Layout(NamedTuple):
 
 
 @jax.tree_util.register_pytree_with_keys_class
-class FlatParams:
+class FlatParams(JoinedLeaves):
     """A tree stored as one 1-D buffer per dtype; a pytree whose leaves are the buffers.
 
     Build one with :func:`ravel`; get the tree back with :meth:`unravel`. The
