@@ -126,7 +126,9 @@ class GradientTransformation(_InitUpdate):
     declares about itself (:class:`~adamx.Traits`: element-wise or per leaf,
     its stages for the in-place kernels, its state layout) rides beside the two
     fields, in ``traits``. A per-leaf transformation (``elementwise=False``)
-    refuses a :class:`~adamx.FlatParams` in ``init``.
+    refuses a :class:`~adamx.FlatParams` in ``init``. ``update`` receives
+    integer (and boolean) gradients in the default float dtype, so its updates
+    are floats: a rate times an integer gradient is not rounded to an integer.
 
     Args:
         init: ``params -> state``.
@@ -166,7 +168,7 @@ class GradientTransformation(_InitUpdate):
         # refusal to the part that works leaf by leaf, which names itself.
         if traits.elementwise is False and not derived:
             init = _refusing_flat_params(init, _name(update, traits))
-        self = super().__new__(cls, init, update)
+        self = super().__new__(cls, init, _float_updates(update))
         self.traits = traits
         return self
 
@@ -235,6 +237,38 @@ def _refusing_flat_params(init: TransformInitFn, name: str) -> TransformInitFn:
         return init(params)
 
     return init_fn
+
+
+def _integer_as_float(g: Any) -> Any:
+    dtype = getattr(g, "dtype", None)
+    if dtype is None or jnp.issubdtype(dtype, jnp.inexact):
+        return g
+    if dtype == jax.dtypes.float0:
+        return g
+    return jnp.asarray(g).astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def _float_updates(update: TransformUpdateFn) -> TransformUpdateFn:
+    """``update``, given integer (or boolean) gradients in the default float dtype.
+
+    Every transformation computes in floats: a rate times an integer gradient,
+    cast back to the integer dtype, would truncate the update silently. The
+    updates it returns are then floats, as Optax's Adam returns them.
+    """
+    if getattr(update, "_takes_integer_updates", False):
+        return update
+
+    # The rest of the arguments pass as given: an update function may take no
+    # params, or take them by keyword only.
+    @functools.wraps(update)
+    def update_fn(
+        updates: Updates, state: OptState, *args: Any, **kwargs: Any
+    ) -> tuple[Updates, OptState]:
+        updates = jax.tree.map(_integer_as_float, updates)
+        return update(updates, state, *args, **kwargs)
+
+    update_fn._takes_integer_updates = True  # type: ignore[attr-defined]
+    return update_fn
 
 
 class EmptyState(NamedTuple):

@@ -34,6 +34,7 @@ from adamx.base import (
 )
 from adamx.combine import chain, check_transformation
 from adamx.moments import Hyper, _refuse_complex
+from adamx.storage import moment_dtype_of
 from adamx.traits import Stage, Traits
 from adamx.transforms import add_decayed_weights, learning_rate_stage
 
@@ -81,8 +82,9 @@ class GaLoreState(NamedTuple):
     # The base optimizer's state, built for the projected gradients: (r, n) or
     # (m, r) per projected matrix, the param's own shape for the other leaves.
     base_optimizer_state: Any
-    # Per leaf, the params' dtype: (k, r) with orthonormal columns, k the
-    # projected side (m or n) of the matrix; (0, 0) for a leaf not projected.
+    # Per leaf, the params' dtype (the default float for integer ones): (k, r)
+    # with orthonormal columns, k the projected side (m or n) of the matrix;
+    # (0, 0) for a leaf not projected.
     projector: Any
 
 
@@ -341,12 +343,14 @@ def scale_by_galore(
         plans = _plans(weight_dimension_numbers, params, rank, proj_type)
         projectors, proxies = [], []
         for p, plan in zip(leaves, plans, strict=True):
+            # An integer param's projector would round to integers: floats.
+            dtype = moment_dtype_of(p)
             if plan is None:
-                projectors.append(jnp.zeros((0, 0), p.dtype))
-                proxies.append(jnp.zeros_like(p))
+                projectors.append(jnp.zeros((0, 0), dtype))
+                proxies.append(jnp.zeros_like(p, dtype=dtype))
             else:
-                projectors.append(jnp.zeros(plan.projector_shape, p.dtype))
-                proxies.append(jnp.zeros(plan.projected_shape, p.dtype))
+                projectors.append(jnp.zeros(plan.projector_shape, dtype))
+                proxies.append(jnp.zeros(plan.projected_shape, dtype))
         return GaLoreState(
             count,
             base.init(treedef.unflatten(proxies)),

@@ -9,6 +9,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from optimizer_table import OPTIMIZERS
 
 import adamx
 
@@ -218,3 +219,32 @@ def test_init_empty_state(params):
     state = adamx.init_empty_state(params)
     assert state == adamx.EmptyState()
     assert jax.tree.leaves(state) == []
+
+
+# ------------------------------------------------------------ integer gradients
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_integer_gradients_get_the_updates_of_their_floats(name):
+    # A rate times an integer gradient, cast back to the integer dtype, would
+    # round the update to zero: every optimizer computes in floats instead.
+    # The same steps from the same values, so the same bits; three steps, since
+    # some optimizers' first (SOAP's, an accumulating wrapper's) is zero.
+    tx, _ = OPTIMIZERS[name]()
+    grads = {"w": jnp.array([[1, 2], [-1, 3]], jnp.int32)}
+    runs = []
+    for g in (grads, jax.tree.map(lambda x: x.astype(jnp.float32), grads)):
+        p = {"w": jnp.array([[3.0, 5.0], [1.0, -2.0]])}
+        state, updates = tx.init(p), []
+        for _ in range(3):
+            u, state = tx.update(g, state, p)
+            p = adamx.apply_updates(p, u)
+            updates.append(u["w"])
+        runs.append(np.stack(updates))
+    got, want = runs
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    # Not all zero, so a truncation would show; Mechanic's scale stays at zero
+    # while the gradient does not change.
+    if name != "mechanize_adam":
+        assert np.abs(want).max() > 1e-7

@@ -218,6 +218,18 @@ def test_leaves_not_projected_get_the_base_optimizers_update():
     np.testing.assert_array_equal(u["nested"]["k"], v["nested"]["k"])
 
 
+def test_integer_params_get_a_float_projector_and_the_floats_updates():
+    # An integer param's projector in its dtype would hold zeros and ones.
+    ints = {"w": jnp.arange(12, dtype=jnp.int32).reshape(4, 3) - 5}
+    floats = {"w": ints["w"].astype(jnp.float32)}
+    g = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(4, 3)), jnp.float32)}
+    tx = adamx.scale_by_galore(rank=2)
+    got, state = tx.update(g, tx.init(ints), ints)
+    want, _ = tx.update(g, tx.init(floats), floats)
+    assert state.projector["w"].dtype == jnp.float32
+    np.testing.assert_array_equal(got["w"], want["w"])
+
+
 def test_a_rank_above_the_matrix_keeps_all_of_it(x64):
     # Full rank: the projection is a rotation, and Adam's first step in any
     # orthonormal basis of the gradient's column space is P sign(P^T G).
