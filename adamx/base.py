@@ -241,9 +241,9 @@ def _refusing_flat_params(init: TransformInitFn, name: str) -> TransformInitFn:
 
 def _integer_as_float(g: Any) -> Any:
     dtype = getattr(g, "dtype", None)
-    if dtype is None or jnp.issubdtype(dtype, jnp.inexact):
+    if dtype is None or dtype == jax.dtypes.float0:
         return g
-    if dtype == jax.dtypes.float0:
+    if jnp.issubdtype(dtype, jnp.inexact):
         return g
     return jnp.asarray(g).astype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
@@ -255,7 +255,7 @@ def _float_updates(update: TransformUpdateFn) -> TransformUpdateFn:
     cast back to the integer dtype, would truncate the update silently. The
     updates it returns are then floats, as Optax's Adam returns them.
     """
-    if getattr(update, "_takes_integer_updates", False):
+    if getattr(update, "_casts_integer_updates", False):
         return update
 
     # The rest of the arguments pass as given: an update function may take no
@@ -267,7 +267,7 @@ def _float_updates(update: TransformUpdateFn) -> TransformUpdateFn:
         updates = jax.tree.map(_integer_as_float, updates)
         return update(updates, state, *args, **kwargs)
 
-    update_fn._takes_integer_updates = True  # type: ignore[attr-defined]
+    update_fn._casts_integer_updates = True  # type: ignore[attr-defined]
     return update_fn
 
 
